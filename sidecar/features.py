@@ -333,9 +333,7 @@ class FeatureAggregator:
             col = rows.cols[:, j]
             values[:, FEATURE_INDEX[out_name]] = np.bincount(out_g, weights=col, minlength=groups)
             if in_name:
-                values[:, FEATURE_INDEX[in_name]] = np.bincount(
-                    in_g, weights=col, minlength=groups
-                )
+                values[:, FEATURE_INDEX[in_name]] = np.bincount(in_g, weights=col, minlength=groups)
 
         labels = detailed = None
         if rows.label is not None:
