@@ -1,0 +1,348 @@
+"""Vectorized column helpers shared by the readers (Zeek TSV/JSON, Suricata EVE).
+
+Everything here works per column or per *distinct value* of a column, never per row: Arrow
+dictionary-encodes the text columns, Python touches each distinct value once (address
+canonicalization, state codes, label codes), and numpy gathers the results back to rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from seqwatch.sidecar.addresses import canonical_address
+from seqwatch.sidecar.problems import Finding
+from seqwatch.sidecar.records import ConnChunk
+
+DICT_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+# A dotted quad without leading zeros is exactly what ipaddress prints for an IPv4
+# address, so such text is already canonical and needs no Python round trip.
+_IPV4_CANONICAL = (
+    r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
+)
+_ZEEK_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+_ISO_TIME = (
+    r"^(?P<base>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,9}))?"
+    r"(?P<tz>Z|[+-]\d\d:?\d\d)?$"
+)
+
+
+def as_dictionary(arr: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """One dictionary-encoded array (Arrow readers may hand back chunked or plain text)."""
+    if isinstance(arr, pa.ChunkedArray):
+        # Concatenation unifies the chunks' dictionaries.
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        return arr
+    if not pa.types.is_string(arr.type):
+        arr = pc.cast(arr, pa.string())
+    return pc.dictionary_encode(arr)
+
+
+def gather(table: np.ndarray, arr: pa.DictionaryArray, missing) -> np.ndarray:
+    """Per-distinct-value results spread over the rows: ``table[indices]``.
+
+    ``missing`` goes where the row itself is null.
+    """
+    table = np.concatenate([table, np.array([missing], dtype=table.dtype)])
+    indices = arr.indices
+    if indices.null_count:
+        indices = pc.fill_null(indices, len(table) - 1)
+    return table[indices.to_numpy(zero_copy_only=False)]
+
+
+def map_distinct(arr: pa.Array, func: Callable[[str], object], dtype, missing) -> np.ndarray:
+    """Apply ``func`` once per distinct text value and spread the results over the rows."""
+    arr = as_dictionary(arr)
+    values = arr.dictionary.to_pylist()
+    table = np.array([func(v) for v in values], dtype=dtype) if values else np.array([], dtype)
+    return gather(table, arr, missing)
+
+
+def numbers(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as float64, nulls (unset fields) as NaN."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    if not pa.types.is_float64(arr.type):
+        arr = pc.cast(arr, pa.float64())
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def unescape_zeek(text: str) -> str:
+    """Undo Zeek's ``\\xNN`` escapes (non-printable bytes and separators in string fields)."""
+    if "\\x" not in text:
+        return text
+    # Escapes stand for bytes, which may form UTF-8 sequences together with their
+    # neighbours; bytes that do not decode stay visible as \xNN.
+    raw = bytearray()
+    pos = 0
+    for match in _ZEEK_ESCAPE.finditer(text):
+        raw += text[pos : match.start()].encode("utf-8")
+        raw.append(int(match.group(1), 16))
+        pos = match.end()
+    raw += text[pos:].encode("utf-8")
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def unescape_column(arr: pa.Array, may_be_escaped: bool = True) -> np.ndarray:
+    """A text column as an object array of str, Zeek escapes undone, nulls as "".
+
+    ``may_be_escaped=False`` (the block held no backslash at all) skips the search.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        return map_distinct(arr, unescape_zeek, object, "")
+    out = (pc.fill_null(arr, "") if arr.null_count else arr).to_numpy(zero_copy_only=False)
+    if not may_be_escaped:
+        return out
+    escaped = pc.match_substring(arr, "\\x")
+    if escaped.true_count:
+        for i in np.flatnonzero(pc.fill_null(escaped, False).to_numpy(zero_copy_only=False)):
+            out[i] = unescape_zeek(out[i])
+    return out
+
+
+def iso_seconds(arr: pa.Array) -> np.ndarray:
+    """ISO 8601 times (``2024-01-15T10:00:00.123456+0100``, ``...Z``) as epoch seconds.
+
+    Text that is not such a time gives NaN. Suricata writes this form; Zeek JSON does with
+    ``LogAscii::json_timestamps = JSON::TS_ISO8601``.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    ok = pc.fill_null(pc.match_substring_regex(arr, _ISO_TIME), False)
+    parts = pc.extract_regex(pc.if_else(ok, arr, pa.scalar(None, pa.string())), _ISO_TIME)
+    base = pc.replace_substring(pc.struct_field(parts, "base"), " ", "T")
+    try:
+        result = numbers(pc.cast(pc.cast(base, pa.timestamp("s")), pa.int64()))
+    except pa.ArrowInvalid:
+        # Well-formed but impossible dates (month 13): let Python judge each distinct value.
+        result = map_distinct(base, _naive_utc_seconds, np.float64, np.nan)
+    frac = pc.fill_null(pc.struct_field(parts, "frac"), "")
+    has_frac = pc.greater(pc.utf8_length(frac), 0)
+    if has_frac.true_count:
+        digits = pc.if_else(has_frac, frac, "0")
+        scale = np.power(10.0, numbers(pc.utf8_length(digits)))
+        result = result + numbers(pc.cast(digits, pa.int64())) / scale
+    tz = pc.replace_substring(pc.fill_null(pc.struct_field(parts, "tz"), ""), ":", "")
+    has_offset = pc.greater(pc.utf8_length(tz), 1)
+    if has_offset.true_count:
+        tz = pc.if_else(has_offset, tz, "+0000")
+        sign = np.where(numbers(pc.equal(pc.utf8_slice_codeunits(tz, 0, 1), "-")) > 0, -1, 1)
+        hours = numbers(pc.cast(pc.utf8_slice_codeunits(tz, 1, 3), pa.int64()))
+        minutes = numbers(pc.cast(pc.utf8_slice_codeunits(tz, 3, 5), pa.int64()))
+        result = result - sign * (hours * 3600 + minutes * 60)
+    return result
+
+
+def _naive_utc_seconds(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return math.nan
+
+
+@dataclass
+class AddressCodes:
+    """Both address columns as codes into one chunk-local table of canonical text."""
+
+    orig_idx: np.ndarray  # int32, -1 where the row's address is unset or invalid
+    resp_idx: np.ndarray
+    addresses: list[str]
+    orig_state: np.ndarray  # uint8: 0 ok, 1 unset, 2 not an address
+    resp_state: np.ndarray
+
+
+ADDRESS_OK, ADDRESS_UNSET, ADDRESS_INVALID = 0, 1, 2
+
+
+def encode_addresses(orig: pa.Array, resp: pa.Array, unset: frozenset[str]) -> AddressCodes:
+    """Canonicalize the distinct addresses of both columns once and code every row.
+
+    ``unset`` holds the texts that mean "no value" (Zeek's ``-``, ``(empty)``).
+    """
+    o = as_dictionary(orig)
+    r = as_dictionary(resp)
+    values = pa.concat_arrays([o.dictionary, r.dictionary])
+    n_orig = len(o.dictionary)
+    state = np.zeros(len(values), dtype=np.uint8)
+    plain = pc.fill_null(pc.match_substring_regex(values, _IPV4_CANONICAL), False)
+    canon = values
+    if plain.true_count < len(values):
+        # Only the other values (IPv6, odd spellings, junk) make the Python round trip.
+        others = np.flatnonzero(~plain.to_numpy(zero_copy_only=False))
+        fixed: list[str | None] = []
+        for i, text in zip(others, values.take(others).to_pylist(), strict=True):
+            if text is None or text in unset or not text.strip():
+                state[i] = ADDRESS_UNSET
+                fixed.append(None)
+                continue
+            try:
+                fixed.append(canonical_address(text))
+            except ValueError:
+                state[i] = ADDRESS_INVALID
+                fixed.append(None)
+        canon = pc.replace_with_mask(values, pc.invert(plain), pa.array(fixed, pa.string()))
+    distinct = pc.unique(canon).drop_null()
+    codes = pc.fill_null(pc.index_in(canon, value_set=distinct), -1)
+    codes = codes.to_numpy(zero_copy_only=False).astype(np.int32)
+
+    def states(part: np.ndarray, arr: pa.DictionaryArray) -> np.ndarray:
+        if not part.any() and not arr.null_count:
+            return np.zeros(len(arr), dtype=np.uint8)  # the common case: all addresses fine
+        return gather(part, arr, ADDRESS_UNSET)
+
+    return AddressCodes(
+        orig_idx=gather(codes[:n_orig], o, -1),
+        resp_idx=gather(codes[n_orig:], r, -1),
+        addresses=distinct.to_pylist(),
+        orig_state=states(state[:n_orig], o),
+        resp_state=states(state[n_orig:], r),
+    )
+
+
+@dataclass
+class RecordColumns:
+    """One block's connection fields as columns, decoded but not yet validated.
+
+    Numeric columns are float64 with NaN where the input had no value; the text columns
+    Arrow produced for the addresses are kept as they are so that each distinct address
+    is canonicalized once.
+    """
+
+    ts: np.ndarray
+    duration: np.ndarray
+    orig: pa.Array
+    resp: pa.Array
+    resp_p: np.ndarray
+    proto: np.ndarray  # uint8 schema.PROTO_CODE
+    state: np.ndarray  # uint8 schema.STATE_CODE
+    service: np.ndarray  # uint8 schema.SERVICE_* flags
+    orig_pkts: np.ndarray
+    resp_pkts: np.ndarray
+    orig_ip_bytes: np.ndarray
+    resp_ip_bytes: np.ndarray
+    uid: np.ndarray | None = None
+    label: np.ndarray | None = None
+    detailed_label: np.ndarray | None = None
+
+
+_COUNT_FIELDS = ("duration", "orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes")
+
+
+def build_chunk(
+    cols: RecordColumns,
+    lines: np.ndarray,
+    *,
+    source: str,
+    fmt: str,
+    unset: frozenset[str],
+    line_text: Callable[[int], str | bytes],
+    findings: list[Finding],
+    drop: np.ndarray | None = None,
+    names: dict[str, str] | None = None,
+) -> ConnChunk | None:
+    """Validate the columns, drop bad rows (adding findings) and assemble a ConnChunk.
+
+    ``drop`` marks rows already found bad by the caller (their findings already added).
+    ``names`` renames conn.log fields in messages to the input's own field names.
+    Returns None when no row is left.
+    """
+    names = names or {}
+
+    def name_of(field: str) -> str:
+        return names.get(field, field)
+
+    n = len(cols.ts)
+    bad = np.zeros(n, dtype=bool) if drop is None else drop.copy()
+
+    def flag(mask: np.ndarray, kind: str, reason: Callable[[int], str]) -> None:
+        mask = mask & ~bad
+        hits = np.flatnonzero(mask)
+        if hits.size:
+            first = int(hits[0])
+            findings.append(
+                Finding(kind, int(lines[first]), reason(first), line_text(first), int(hits.size))
+            )
+            bad[mask] = True
+
+    ts = cols.ts
+    flag(np.isnan(ts), "missing_value", lambda i: f"{name_of('ts')} is unset or not a time")
+    flag(np.isinf(ts), "bad_value", lambda i: f"{name_of('ts')} is not a finite number")
+    codes = encode_addresses(cols.orig, cols.resp, unset)
+    for name, state, column in (
+        (name_of("id.orig_h"), codes.orig_state, cols.orig),
+        (name_of("id.resp_h"), codes.resp_state, cols.resp),
+    ):
+        flag(state == ADDRESS_UNSET, "missing_value", lambda i, name=name: f"{name} is unset")
+        flag(
+            state == ADDRESS_INVALID,
+            "bad_address",
+            lambda i, name=name, column=column: (
+                f"{name} is not an IP address: {column[i].as_py()!r}"
+            ),
+        )
+    port = cols.resp_p
+    flag(
+        (port < 0) | (port > 65535) | ((np.floor(port) != port) & ~np.isnan(port)),
+        "bad_value",
+        lambda i: f"{name_of('id.resp_p')} is not a port number: {port[i]!r}",
+    )
+    for field in _COUNT_FIELDS:
+        values = getattr(cols, field)
+        flag(
+            (values < 0) | np.isinf(values),
+            "bad_value",
+            lambda i, field=field, values=values: (
+                f"{name_of(field)} is negative or infinite: {values[i]!r}"
+            ),
+        )
+    keep = None if not bad.any() else ~bad
+    if keep is not None and not keep.any():
+        return None
+
+    def col(a: np.ndarray | None, dtype=None) -> np.ndarray | None:
+        if a is None:
+            return None
+        if keep is not None:
+            a = a[keep]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def num(a: np.ndarray) -> np.ndarray:
+        a = col(a)
+        return np.nan_to_num(a, nan=0.0) if np.isnan(a).any() else a
+
+    return ConnChunk(
+        source=source,
+        ts=col(ts),
+        duration=num(cols.duration),
+        orig_idx=col(codes.orig_idx),
+        resp_idx=col(codes.resp_idx),
+        resp_p=num(port).astype(np.int32),
+        proto=col(cols.proto, np.uint8),
+        state=col(cols.state, np.uint8),
+        service=col(cols.service, np.uint8),
+        orig_pkts=num(cols.orig_pkts),
+        resp_pkts=num(cols.resp_pkts),
+        orig_ip_bytes=num(cols.orig_ip_bytes),
+        resp_ip_bytes=num(cols.resp_ip_bytes),
+        addresses=codes.addresses,
+        label=col(cols.label, np.int8),
+        detailed_label=col(cols.detailed_label),
+        uid=col(cols.uid),
+        line=col(lines, np.int64),
+        meta={"format": fmt},
+    )

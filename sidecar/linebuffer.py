@@ -1,0 +1,145 @@
+"""Cutting a byte stream into blocks of whole lines, for the columnar parsers.
+
+The parsers hand whole blocks to Arrow's C++ readers, so they need complete lines and a
+bounded block size; the byte stream arrives in arbitrary pieces (file reads, a live tail's
+appended bytes, decompressor output). :class:`LineBuffer` keeps the partial trailing line
+between feeds and numbers the lines it hands out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_PIECE_BYTES = 1 << 22
+"""Large feeds are split into pieces of this size so finding the n-th newline stays cheap."""
+MAX_LINE_BYTES = 1 << 26
+"""A partial line longer than this is not a log line; holding it would break bounded memory."""
+
+
+def newline_positions(data: bytes) -> np.ndarray:
+    """Offsets of every ``\\n`` in ``data`` (vectorized; one pass)."""
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+
+
+def count_newlines(data: bytes) -> int:
+    """Number of ``\\n`` in ``data``; numpy is several times faster than bytes.count here."""
+    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
+
+
+class BlockLines:
+    """The text of single lines of a block, by line number, for problem excerpts.
+
+    Newline offsets are found only when the first excerpt is asked for: clean blocks,
+    the common case, never pay for them.
+    """
+
+    def __init__(self, block: bytes, first_line: int) -> None:
+        self.block = block
+        self.first_line = first_line
+        self._ends: np.ndarray | None = None
+
+    def text(self, line: int) -> bytes:
+        """The bytes of line number ``line`` (without its newline)."""
+        if self._ends is None:
+            self._ends = newline_positions(self.block)
+        k = int(line) - self.first_line
+        start = 0 if k == 0 else int(self._ends[k - 1]) + 1
+        return self.block[start : int(self._ends[k])]
+
+
+class LineBuffer:
+    """Accumulates bytes and releases blocks of at most ``max_lines`` complete lines.
+
+    Each released block ends with a newline and comes as ``(first_line, block, n_lines)``:
+    the 1-based number of its first line (so callers can report ``file:line`` exactly) and
+    its number of lines.
+    """
+
+    def __init__(self, max_lines: int) -> None:
+        if max_lines < 1:
+            raise ValueError(f"max_lines must be >= 1, got {max_lines}")
+        self.max_lines = max_lines
+        self._pieces: list[bytes] = []
+        self._piece_lines: list[int] = []
+        self._lines = 0  # complete lines held
+        self.next_line = 1
+        """Number of the first line not yet released."""
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held (complete lines not yet released plus the partial last line)."""
+        return sum(len(p) for p in self._pieces)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes, int]]:
+        """Add bytes; return the blocks of ``max_lines`` lines that are now complete."""
+        view = memoryview(data)
+        for start in range(0, len(view), _PIECE_BYTES):
+            piece = bytes(view[start : start + _PIECE_BYTES])
+            count = count_newlines(piece)
+            self._pieces.append(piece)
+            self._piece_lines.append(count)
+            self._lines += count
+        blocks = []
+        while self._lines >= self.max_lines:
+            blocks.append(self._cut(self.max_lines))
+        # Only a run of newline-free pieces at the end can make the partial line long.
+        tail_open = bool(self._piece_lines) and not self._piece_lines[-1]
+        if tail_open and self._partial_bytes() > MAX_LINE_BYTES:
+            line = self.next_line + self._lines
+            raise ValueError(f"line {line} is longer than {MAX_LINE_BYTES} bytes")
+        return blocks
+
+    def _partial_bytes(self) -> int:
+        """Bytes after the last complete line."""
+        total = 0
+        for piece, count in zip(reversed(self._pieces), reversed(self._piece_lines), strict=True):
+            if count:
+                return total + len(piece) - piece.rfind(b"\n") - 1
+            total += len(piece)
+        return total
+
+    def drain(self) -> list[tuple[int, bytes, int]]:
+        """Release every complete line held now; the partial last line stays."""
+        blocks = []
+        while self._lines >= self.max_lines:
+            blocks.append(self._cut(self.max_lines))
+        if self._lines:
+            blocks.append(self._cut(self._lines))
+        return blocks
+
+    def flush(self) -> list[tuple[int, bytes, int]]:
+        """Release everything held; a final line without a newline is completed with one."""
+        blocks = self.drain()
+        rest = b"".join(self._pieces)
+        self._pieces.clear()
+        self._piece_lines.clear()
+        if rest:
+            blocks.append((self.next_line, rest + b"\n", 1))
+            self.next_line += 1
+        return blocks
+
+    def _cut(self, lines: int) -> tuple[int, bytes, int]:
+        """Remove and return the first ``lines`` complete lines as one block."""
+        taken: list[bytes] = []
+        need = lines
+        while self._piece_lines[0] < need:
+            need -= self._piece_lines[0]
+            taken.append(self._pieces.pop(0))
+            self._piece_lines.pop(0)
+        piece = self._pieces[0]
+        if self._piece_lines[0] == need:
+            end = piece.rfind(b"\n") + 1
+        else:
+            end = int(newline_positions(piece)[need - 1]) + 1
+        taken.append(piece[:end])
+        rest = piece[end:]
+        if rest:
+            self._pieces[0] = rest
+            self._piece_lines[0] -= need
+        else:
+            self._pieces.pop(0)
+            self._piece_lines.pop(0)
+        self._lines -= lines
+        first = self.next_line
+        self.next_line += lines
+        return first, b"".join(taken), lines
