@@ -156,60 +156,30 @@ def _after_last_newline(handle: BinaryIO, size: int) -> int:
 
 
 class LiveParser:
-    """Turns appended bytes of one file into ConnChunks *now*, line by line.
+    """Turns appended bytes of one file into ConnChunks *now*.
 
-    :class:`~seqwatch.sidecar.zeeklog.ConnLogParser` releases lines in blocks of
-    ``chunk_rows``, which suits files but would hold a live tail's rows back. This wrapper
-    keeps the partial last line and the current TSV header block itself and hands every
-    batch of complete lines (header in front) to a fresh parser that it closes at once.
+    A thin wrapper over one :class:`~seqwatch.sidecar.zeeklog.ConnLogParser` for the
+    file's lifetime: ``feed`` + ``flush`` releases every complete line at once (a file
+    reader would wait for ``chunk_rows`` of them), while the partial last line, the header
+    in force and the line numbers carry over between feeds.
     """
 
     def __init__(self, source: str, fmt: str | None = None, report: ProblemReport | None = None):
         self.source = source
-        self.format = fmt
         self.report = report if report is not None else ProblemReport()
-        self._partial = b""
-        self._header = b""
+        self._parser = ConnLogParser(source, report=self.report, fmt=fmt)
+
+    @property
+    def format(self) -> str | None:
+        return self._parser.format
 
     def feed(self, data: bytes) -> list[ConnChunk]:
         """Chunks of the complete lines in ``data`` (plus the held partial line)."""
-        data = self._partial + data
-        end = data.rfind(b"\n") + 1
-        self._partial = data[end:]
-        return self._parse(data[:end])
+        return self._parser.feed(data) + self._parser.flush()
 
     def close(self) -> list[ConnChunk]:
         """Parse the partial last line too (the file is finished)."""
-        rest, self._partial = self._partial, b""
-        return self._parse(rest + b"\n") if rest.strip() else []
-
-    def _parse(self, lines: bytes) -> list[ConnChunk]:
-        headers = list(_HEADER_LINE.finditer(lines))
-        if headers:
-            self._track_header(headers)
-            if sum(len(m.group(0)) for m in headers) == len(lines):
-                return []  # header or #close lines only: nothing to parse yet
-        elif not lines.strip():
-            return []
-        # Header lines inside the batch are passed on as they are: the parser follows them;
-        # a batch that starts its own header block needs no repeated header.
-        prefix = b"" if lines.startswith(b"#separator") else self._header
-        parser = ConnLogParser(self.source, report=self.report, fmt=self.format)
-        chunks = parser.feed(prefix + lines) + parser.close()
-        self.format = self.format or parser.format
-        return chunks
-
-    def _track_header(self, headers: list[re.Match]) -> None:
-        # The header in force after this batch: the last #separator block's header lines.
-        block: list[bytes] = []
-        for match in headers:
-            line = match.group(0)
-            if line.startswith(b"#separator"):
-                block = [line]
-            elif block and not line.startswith(b"#close"):
-                block.append(line)
-        if block:
-            self._header = b"".join(block)
+        return self._parser.close()
 
 
 def deliver(verdicts: list[Verdict], spool, enforcer=None) -> list[Verdict]:
