@@ -182,7 +182,7 @@ def run_training(path: Path) -> dict:
     for arch in ("rnn", "lstm", "gru", "cnn-lstm", "ensemble"):
         det = SequenceDetector(architecture=arch, epochs=3, patience=10, progress=False, seed=0)
         det.fit(data)
-        per_epoch = [h["seconds"] for h in det.history_]
+        per_epoch = det.history_["seconds"]
         result[arch] = sum(per_epoch) / len(per_epoch)
     return result
 

@@ -38,6 +38,10 @@ Contract of :meth:`Pipeline.on_features`:
   multiple of Δ), ``shape`` (values not ``[hosts, d]``), ``values`` (NaN, infinite or
   negative features), ``chunk`` (chunk index out of range), ``duplicate_chunk``,
   ``too_many_hosts`` (more hosts in one interval than ``max_hosts``).
+- Hosts are scored as their chunks arrive, whenever ``EAGER_BATCH`` of them are waiting,
+  so that an interval's last message leaves only its own hosts to score; the policy
+  judges all hosts together once the interval is complete (a host named again in a later
+  chunk is scored again with its last vector).
 - Scoring runs in batches of ``batch_size`` windows through the scorer (in-process by
   default, or :class:`~seqwatch.sidecar.workers.WorkerPool`); the verdict policy then
   decides which hosts get a verdict. Verdicts come in the order the hosts arrived.
@@ -86,6 +90,8 @@ from seqwatch.sidecar.windows import HostWindows
 
 log = logging.getLogger(__name__)
 
+EAGER_BATCH = 1024
+"""Hosts of an interval still arriving are scored once this many wait (see ``_Open``)."""
 TOP_FEATURES = 3
 """How many deviating features a verdict names."""
 VALUE_DECIMALS = 6
@@ -157,13 +163,19 @@ class _Open:
     seen: set[tuple[str, int]] = field(default_factory=set)  # (node, chunk index)
     expected: dict[str, int] = field(default_factory=dict)  # node -> chunks announced
     received: Counter = field(default_factory=Counter)  # node -> distinct chunks received
+    unscored: dict[str, None] = field(default_factory=dict)  # ordered set
+    scores: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)
 
     def add(self, node: str, chunk: int, chunks: int, hosts: list[str]) -> None:
         self.seen.add((node, chunk))
         self.received[node] += 1
         self.expected[node] = max(self.expected.get(node, 0), chunks)
-        # A host named in two chunks is scored once (its vector is the last one given).
+        # A host named in two chunks is scored once, with the last vector given: a score
+        # taken before the second chunk is stale and the host waits to be scored again.
         self.hosts.update(dict.fromkeys(hosts))
+        for host in hosts:
+            self.scores.pop(host, None)
+        self.unscored.update(dict.fromkeys(hosts))
 
     def complete(self) -> bool:
         return all(self.received[node] >= total for node, total in self.expected.items())
@@ -199,6 +211,8 @@ class Pipeline:
         self.max_hosts = max_hosts
         self.batch_size = batch_size
         self.scorer: Scorer = scorer if scorer is not None else LocalScorer(model, batch_size)
+        # Hosts of an unfinished interval are scored once this many are waiting.
+        self.eager_batch = min(batch_size, EAGER_BATCH)
         self.warmup = warmup
         self.stats = PipelineStats()
         self._windows = self._new_windows(model)
@@ -256,6 +270,10 @@ class Pipeline:
         self._open.add(node, chunk, chunks, hosts)
         if self._open.complete():
             verdicts += self._close_open(complete=True)
+        elif len(self._open.unscored) >= self.eager_batch and not self._warming_up():
+            # Score while the rest of the interval is on its way, so that the last
+            # message only leaves its own hosts to score (latency), in full batches.
+            self._score_unscored(self._open)
         return verdicts
 
     def flush(self) -> list[Verdict]:
@@ -285,6 +303,11 @@ class Pipeline:
             self.policy.reset()
             self._since_reset = 0
             self.stats.window_resets += 1
+        elif self._open is not None:
+            # Hosts scored early in the open interval are scored again by the new model, so
+            # that every verdict's model id names the model that produced its error.
+            self._open.unscored.update(dict.fromkeys(self._open.scores))
+            self._open.scores.clear()
         self.model = model
         self.scorer.set_model(model)
         self.stats.model_swaps += 1
@@ -427,7 +450,7 @@ class Pipeline:
         self._last_scored = open_.bin
         if not complete:
             self.stats.incomplete += 1
-        if self._since_reset <= self.warmup:
+        if self._warming_up():
             self.stats.warmup_intervals += 1
             return []
         hosts = list(open_.hosts)
@@ -435,31 +458,43 @@ class Pipeline:
         self.stats.host_intervals += len(hosts)
         if not hosts:
             return []
-        verdicts = self._score(open_.bin, hosts)
+        verdicts = self._judge(open_, hosts)
         self.stats.verdicts += len(verdicts)
         self.stats.suppressed_k_of_n = self.policy.suppressed_k_of_n
         self.stats.suppressed_cooldown = self.policy.suppressed_cooldown
         return verdicts
 
+    def _warming_up(self) -> bool:
+        return self._since_reset <= self.warmup
+
     def _batches(self, bin_: int, hosts: list[str]) -> Iterator[np.ndarray]:
         for i in range(0, len(hosts), self.batch_size):
             yield self._windows.windows(bin_, hosts[i : i + self.batch_size])
 
-    def _score(self, bin_: int, hosts: list[str]) -> list[Verdict]:
+    def _score_unscored(self, open_: _Open) -> None:
+        hosts = list(open_.unscored)
+        open_.unscored.clear()
+        results = self.scorer.score_batches(self._batches(open_.bin, hosts))
+        for i, (error, residual) in enumerate(results):
+            batch_hosts = hosts[i * self.batch_size : (i + 1) * self.batch_size]
+            for j, host in enumerate(batch_hosts):
+                open_.scores[host] = (float(error[j]), residual[j])
+
+    def _judge(self, open_: _Open, hosts: list[str]) -> list[Verdict]:
+        """Score what is left, then let the policy judge every host in arrival order."""
+        if open_.unscored:
+            self._score_unscored(open_)
         info = self.model.info
         theta = self.threshold
         names = list(info.feature_names)
-        start = bin_ * float(info.interval)
-        verdicts: list[Verdict] = []
-        results = self.scorer.score_batches(self._batches(bin_, hosts))
-        for i, (error, residual) in enumerate(results):
-            batch_hosts = hosts[i * self.batch_size : (i + 1) * self.batch_size]
-            fire = self.policy.decide(bin_, batch_hosts, error, theta)
-            for j in np.flatnonzero(fire):
-                verdicts.append(
-                    self._verdict(batch_hosts[j], start, error[j], residual[j], theta, names)
-                )
-        return verdicts
+        start = open_.bin * float(info.interval)
+        scores = open_.scores
+        error = np.fromiter((scores[h][0] for h in hosts), dtype=np.float64, count=len(hosts))
+        fire = self.policy.decide(open_.bin, hosts, error, theta)
+        return [
+            self._verdict(hosts[j], start, error[j], scores[hosts[j]][1], theta, names)
+            for j in np.flatnonzero(fire)
+        ]
 
     def _verdict(self, host, start, error, residual, theta, names) -> Verdict:
         top = _top_features(residual, TOP_FEATURES)

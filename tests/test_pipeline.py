@@ -348,3 +348,46 @@ def test_metrics_are_served_over_http(model):
     finally:
         metrics.close()
     assert "seqwatch_intervals_scored_total 2.0" in text
+
+
+def test_hosts_are_scored_while_their_interval_is_still_arriving(model):
+    """With more waiting hosts than the eager batch, scoring starts before the last chunk;
+    the verdicts are those of scoring the whole interval at once."""
+    intervals = traffic(6, 300, seed=3)
+    whole = feed_all(Pipeline(model), intervals)
+    eager = Pipeline(model, batch_size=64)
+    assert eager.eager_batch == 64
+    calls = []
+    original = eager.scorer.score_batches
+
+    def counting(batches):
+        calls.append(len(eager._open.unscored) if eager._open else 0)
+        return original(batches)
+
+    eager.scorer.score_batches = counting
+    parts = [m for iv in intervals for m in as_feature_messages(iv, 50)]
+    assert feed_all(eager, parts) == whole
+    # 6 chunks of 50 per interval: scored after chunks 2 and 4 and at completion.
+    assert len(calls) == 6 * 3
+
+
+def test_a_host_named_again_in_a_later_chunk_is_scored_with_its_last_vector(model):
+    hosts = [f"10.0.0.{i}" for i in range(1, 5)]
+    quiet = np.full((4, N_FEATURES), 5.0)
+    history = [interval(b, hosts, quiet) for b in range(10, 16)]
+    spike = quiet.copy()
+    spike[0, FEATURE_INDEX["out_hosts"]] = 9000.0
+    pipeline = Pipeline(model, batch_size=2)
+    feed_all(pipeline, history)
+    first = as_feature_messages(interval(16, hosts, quiet), 2)
+    # chunk 0 (hosts 1-2) is scored early; then a third chunk repeats host 1 with a spike
+    m0 = first[0]
+    m0 = type(m0)(**{**m0.__dict__, "chunks": 3})
+    assert pipeline.on_features(m0) == []
+    assert "10.0.0.1" in pipeline._open.scores
+    m1 = type(first[1])(**{**first[1].__dict__, "chunks": 3})
+    again = type(m1)(**{**m1.__dict__, "chunk": 2, "hosts": ("10.0.0.1",), "values": spike[:1]})
+    pipeline.on_features(again)
+    verdicts = pipeline.on_features(m1)
+    assert [v.host for v in verdicts] == ["10.0.0.1"]
+    assert verdicts[0].top_features[0] == "out_hosts"
