@@ -27,11 +27,13 @@ import numpy as np
 from seqwatch.sidecar.records import LABEL_BACKGROUND, LABEL_MALICIOUS, LABEL_NONE, ConnChunk
 from seqwatch.sidecar.schema import (
     CLOSED_STATES,
+    CONN_STATES,
     FAILED_STATES,
     FEATURE_INDEX,
     LONG_TIMEOUT_PORTS,
     N_FEATURES,
     PROTO_CODE,
+    PROTOCOLS,
     SERVICE_DNS,
     SERVICE_LONG_TIMEOUT,
     STATE_CODE,
@@ -49,6 +51,7 @@ about ``lateness + Δ`` seconds of connections.
 
 _TCP = PROTO_CODE["tcp"]
 _UDP = PROTO_CODE["udp"]
+_ICMP = PROTO_CODE["icmp"]
 _S0 = STATE_CODE["S0"]
 _REJ = STATE_CODE["REJ"]
 _CLOSED_CODES = np.array(sorted(STATE_CODE[s] for s in CLOSED_STATES), dtype=np.uint8)
@@ -97,6 +100,81 @@ class IntervalFeatures:
 
 def estimate_removal(chunk: ConnChunk, delays: RemovalDelays) -> np.ndarray:
     """Estimated time at which Zeek removed each connection (the DESIGN.md table)."""
+    delay, s0 = _delay_class(chunk, delays)
+    # An S0 attempt's timer runs from the first SYN, whatever duration Zeek reports.
+    base = np.where(s0, chunk.ts, chunk.ts + chunk.duration)
+    return base + delay
+
+
+_N_PROTOS = len(PROTOCOLS)
+_N_STATES = len(CONN_STATES)
+_LONG_PORT = np.zeros(65536, dtype=np.uint8)
+_LONG_PORT[list(LONG_TIMEOUT_PORTS)] = 1
+
+
+def _delay_table(delays: RemovalDelays) -> tuple[np.ndarray, np.ndarray]:
+    """The design table as lookups indexed by (state, proto, service flags, long port).
+
+    One gather per row replaces six masks and a select; the rows are ordered as the
+    table so that the first matching class wins.
+    """
+    table = np.empty((_N_STATES, _N_PROTOS, 4, 2), dtype=np.float64)
+    s0 = np.zeros(table.shape, dtype=bool)
+    closed = {STATE_CODE[s] for s in CLOSED_STATES}
+    for state in range(_N_STATES):
+        for proto in range(_N_PROTOS):
+            for service in range(4):
+                for port in range(2):
+                    tcp, udp = proto == _TCP, proto == _UDP
+                    long_timeout = bool(service & SERVICE_LONG_TIMEOUT) or bool(port)
+                    if tcp and state == _S0:
+                        value = delays.tcp_attempt
+                        s0[state, proto, service, port] = True
+                    elif tcp and state in closed:
+                        value = delays.tcp_close
+                    elif tcp and long_timeout:
+                        value = delays.long_inactivity
+                    elif tcp:
+                        value = delays.tcp_inactivity
+                    elif udp and service & SERVICE_DNS:
+                        value = delays.dns
+                    elif udp:
+                        value = delays.udp_inactivity
+                    else:
+                        value = delays.icmp_inactivity
+                    table[state, proto, service, port] = value
+    return table.ravel(), s0.ravel()
+
+
+_DELAY_TABLES: dict[RemovalDelays, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _delay_class(chunk: ConnChunk, delays: RemovalDelays) -> tuple[np.ndarray, np.ndarray]:
+    """(removal delay, is a TCP S0 attempt) of each connection."""
+    state, proto, port = chunk.state, chunk.proto, chunk.resp_p
+    n = len(state)
+    in_range = n == 0 or (
+        int(state.max()) < _N_STATES
+        and int(proto.max()) < _N_PROTOS
+        and int(port.min()) >= 0
+        and int(port.max()) < len(_LONG_PORT)
+    )
+    if not in_range:
+        return _delay_select(chunk, delays)
+    tables = _DELAY_TABLES.get(delays)
+    if tables is None:
+        tables = _DELAY_TABLES[delays] = _delay_table(delays)
+    table, s0 = tables
+    # Flat index ((state * P + proto) * 4 + service) * 2 + long_port, in int32.
+    index = state.astype(np.int32) * (_N_PROTOS * 8)
+    index += proto.astype(np.int32) * 8
+    index += (chunk.service & 3).astype(np.int32) * 2
+    index += _LONG_PORT[port]
+    return table[index], s0[index]
+
+
+def _delay_select(chunk: ConnChunk, delays: RemovalDelays) -> tuple[np.ndarray, np.ndarray]:
+    """The same table with masks: for codes outside the schema's (hand-built chunks)."""
     tcp = chunk.proto == _TCP
     udp = chunk.proto == _UDP
     s0 = tcp & (chunk.state == _S0)
@@ -118,78 +196,12 @@ def estimate_removal(chunk: ConnChunk, delays: RemovalDelays) -> np.ndarray:
         ],
         default=delays.icmp_inactivity,
     )
-    # An S0 attempt's timer runs from the first SYN, whatever duration Zeek reports.
-    base = np.where(s0, chunk.ts, chunk.ts + chunk.duration)
-    return base + delay
+    return delay, s0
 
 
 def bin_of(times: np.ndarray, interval: float) -> np.ndarray:
     """Interval index of each time: bins are aligned to multiples of Δ since the epoch."""
     return np.floor(np.asarray(times, dtype=np.float64) / interval).astype(np.int64)
-
-
-class _Rows:
-    """Pending connections, sorted by interval, in the columns aggregation needs.
-
-    Sorting once per chunk makes "the rows of intervals <= b" a prefix, so emitting an
-    interval slices views instead of copying every pending row through boolean masks.
-    """
-
-    __slots__ = ("bin", "cols", "detail", "label", "orig", "port", "resp")
-
-    def __init__(self, bin_, orig, resp, port, cols, label, detail):
-        self.bin = bin_
-        self.orig = orig
-        self.resp = resp
-        self.port = port
-        self.cols = cols  # float64 [9, n]: see _COLS (one row per column: cheap slicing)
-        self.label = label
-        self.detail = detail
-
-    def __len__(self) -> int:
-        return int(self.bin.shape[0])
-
-    def sorted_by_bin(self) -> _Rows:
-        order = np.argsort(self.bin, kind="stable")
-        return self._take(order)
-
-    def split_after(self, last_bin: int) -> tuple[_Rows, _Rows]:
-        """(rows of intervals <= last_bin, the rest), as views."""
-        cut = int(np.searchsorted(self.bin, last_bin, side="right"))
-        return self._take(slice(0, cut)), self._take(slice(cut, None))
-
-    def _take(self, index) -> _Rows:
-        return _Rows(
-            self.bin[index],
-            self.orig[index],
-            self.resp[index],
-            self.port[index],
-            self.cols[:, index],
-            None if self.label is None else self.label[index],
-            None if self.detail is None else self.detail[index],
-        )
-
-    @staticmethod
-    def concat(parts: list[_Rows]) -> _Rows:
-        if len(parts) == 1:
-            return parts[0]
-        labelled = any(p.label is not None for p in parts)
-
-        def labels(p: _Rows) -> np.ndarray:
-            return p.label if p.label is not None else np.full(len(p), LABEL_NONE, np.int8)
-
-        def details(p: _Rows) -> np.ndarray:
-            return p.detail if p.detail is not None else np.full(len(p), "", object)
-
-        return _Rows(
-            np.concatenate([p.bin for p in parts]),
-            np.concatenate([p.orig for p in parts]),
-            np.concatenate([p.resp for p in parts]),
-            np.concatenate([p.port for p in parts]),
-            np.concatenate([p.cols for p in parts], axis=1),
-            np.concatenate([labels(p) for p in parts]) if labelled else None,
-            np.concatenate([details(p) for p in parts]) if labelled else None,
-        )
 
 
 # Per-connection columns summed into features: (column, out feature, in feature or None).
@@ -199,18 +211,85 @@ _COLS = (
     ("orig_pkts", "out_pkts", None),
     ("resp_pkts", "out_resp_pkts", None),
     ("duration", "out_duration", None),
-    ("failed", "out_failed", "in_failed"),
-    ("rejected", "out_rejected", None),
-    ("udp", "out_udp", None),
-    ("icmp", "out_icmp", None),
 )
+_FAILED_STATE = np.zeros(256, dtype=bool)
+_FAILED_STATE[_FAILED_CODES] = True
+
+
+class _Pending:
+    """The connections of one chunk whose interval has not been emitted yet.
+
+    ``cols`` are the chunk's own arrays, kept without a copy; ``rest`` indexes the rows
+    still pending (None: all of them). Emitting gathers just the rows due, so a chunk
+    costs one gather per column however its rows spread over intervals, and the few
+    rows with long removal delays (an hour for ssh) do not drag the chunk along: once
+    they are less than half of it they are compacted into their own arrays.
+    """
+
+    __slots__ = ("bins", "cols", "rest")
+
+    def __init__(self, bins: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+        self.bins = bins  # int64 bin of each pending row, in row order
+        self.cols = cols
+        self.rest: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.bins.shape[0])
+
+    def take_through(self, last_bin: int) -> dict[str, np.ndarray] | None:
+        """Remove and return the rows of intervals <= ``last_bin`` (None if there are none)."""
+        bins = self.bins
+        due = bins <= last_bin
+        n_due = int(np.count_nonzero(due))
+        if n_due == 0:
+            return None
+        if n_due == len(bins):
+            rows = self.rest
+            head = dict(self.cols) if rows is None else {k: v[rows] for k, v in self.cols.items()}
+            head["bin"] = bins
+            self.bins = bins[:0]
+            self.cols = {}
+            self.rest = None
+            return head
+        keep = ~due
+        rows = np.flatnonzero(due) if self.rest is None else self.rest[due]
+        head = {k: v[rows] for k, v in self.cols.items()}
+        head["bin"] = bins[due]
+        self.rest = np.flatnonzero(keep) if self.rest is None else self.rest[keep]
+        self.bins = bins[keep]
+        if 2 * len(self.rest) <= len(next(iter(self.cols.values()))):
+            self.cols = {k: v[self.rest] for k, v in self.cols.items()}
+            self.rest = None
+        return head
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The rows of several pending pieces as one set of columns (labels filled in)."""
+    if len(parts) == 1:
+        return parts[0]
+    labelled = any("label" in p for p in parts)
+    out = {}
+    for name in parts[0]:
+        if name not in ("label", "detail"):
+            out[name] = np.concatenate([p[name] for p in parts])
+    if labelled:
+        out["label"] = np.concatenate(
+            [p.get("label", np.full(len(p["bin"]), LABEL_NONE, np.int8)) for p in parts]
+        )
+        out["detail"] = np.concatenate(
+            [p.get("detail", np.full(len(p["bin"]), "", object)) for p in parts]
+        )
+    return out
 
 
 class FeatureAggregator:
     """Streams :class:`ConnChunk` batches into :class:`IntervalFeatures`, in interval order.
 
     Memory holds the connections of intervals not yet emitted (about ``lateness + Δ``
-    seconds of traffic) and one id per distinct address seen.
+    seconds of traffic, plus connections with long removal delays) and one id per
+    distinct address seen. The aggregator keeps references to the arrays of chunks
+    whose rows are pending instead of copying them: chunks are not to be modified
+    after they were added (the readers never do).
     """
 
     def __init__(self, config: FeatureConfig | None = None, lateness: float = DEFAULT_LATENESS):
@@ -220,7 +299,9 @@ class FeatureAggregator:
         self.lateness = float(lateness)
         self._ids: dict[str, int] = {}
         self._addresses: list[str] = []
-        self._pending: list[_Rows] = []
+        self._address_array = np.empty(0, dtype=object)  # _addresses, for fast gathers
+        self._slot = np.empty(0, dtype=np.int64)  # scratch: global host id -> local id
+        self._pending: list[_Pending] = []
         self._next_bin: int | None = None  # earliest bin not yet emitted
         self._clock = -np.inf
         self.late = 0
@@ -235,17 +316,17 @@ class FeatureAggregator:
         if len(chunk) == 0:
             return []
         self.rows += len(chunk)
-        rows = self._rows(chunk)
+        piece = self._piece(chunk)
         if self._next_bin is not None:
-            late = rows.bin < self._next_bin
-            n_late = int(late.sum())
+            late = piece.bins < self._next_bin
+            n_late = int(np.count_nonzero(late))
             if n_late:
-                rows.bin[late] = self._next_bin
+                piece.bins[late] = self._next_bin
                 self.late += n_late
                 self._late_pending[self._next_bin] = (
                     self._late_pending.get(self._next_bin, 0) + n_late
                 )
-        self._pending.append(rows)
+        self._pending.append(piece)
         self._clock = max(self._clock, float(np.max(chunk.ts)))
         # Interval b is complete once the clock passes (b+1)·Δ + lateness.
         last_complete = int(np.floor((self._clock - self.lateness) / self.config.interval)) - 1
@@ -255,7 +336,7 @@ class FeatureAggregator:
         """Emit every interval still open (end of input)."""
         if not self._pending:
             return []
-        last = max(int(p.bin.max()) for p in self._pending if len(p))
+        last = max(int(p.bins.max()) for p in self._pending if len(p))
         return self._emit_through(last)
 
     @property
@@ -265,98 +346,111 @@ class FeatureAggregator:
     # -- internals --------------------------------------------------------------------
     def _global_ids(self, addresses) -> np.ndarray:
         ids = self._ids
-        out = np.empty(len(addresses), dtype=np.int64)
-        for i, addr in enumerate(addresses):
-            gid = ids.get(addr)
-            if gid is None:
-                gid = ids[addr] = len(self._addresses)
-                self._addresses.append(addr)
-            out[i] = gid
-        return out
+        known = len(ids)
+        setdefault = ids.setdefault
+        # setdefault evaluates len(ids) before inserting: a new address gets the next id.
+        gids = [setdefault(addr, len(ids)) for addr in addresses]
+        if len(ids) > known:
+            new = [addr for addr, gid in zip(addresses, gids, strict=True) if gid >= known]
+            self._addresses += new
+            array = self._address_array
+            if len(array) < len(self._addresses):
+                # Grow geometrically: host names are gathered from it per interval.
+                grown = np.empty(max(2 * len(array), len(self._addresses)), dtype=object)
+                grown[:known] = array[:known]
+                self._address_array = array = grown
+            array[known : len(self._addresses)] = new
+        return np.array(gids, dtype=np.int64)
 
-    def _rows(self, chunk: ConnChunk) -> _Rows:
+    def _piece(self, chunk: ConnChunk) -> _Pending:
         gids = self._global_ids(chunk.addresses)
-        est = estimate_removal(chunk, self.config.delays)
-        failed = np.isin(chunk.state, _FAILED_CODES)
-        cols = np.stack(
-            [
-                chunk.orig_ip_bytes,
-                chunk.resp_ip_bytes,
-                chunk.orig_pkts,
-                chunk.resp_pkts,
-                chunk.duration,
-                failed,
-                chunk.state == _REJ,
-                chunk.proto == _UDP,
-                chunk.proto == PROTO_CODE["icmp"],
-            ]
-        ).astype(np.float64, copy=False)
-        # A (port, proto) pair as one integer for the distinct-port count.
-        port = chunk.resp_p.astype(np.int64) * 4 + chunk.proto.astype(np.int64)
-        return _Rows(
-            bin_of(est, self.config.interval),
-            gids[chunk.orig_idx],
-            gids[chunk.resp_idx],
-            port,
-            cols,
-            None if chunk.label is None else chunk.label.astype(np.int8),
-            chunk.detailed_label,
-        ).sorted_by_bin()
+        cols = {
+            "orig": gids[chunk.orig_idx],
+            "resp": gids[chunk.resp_idx],
+            # A (port, proto) pair as one integer for the distinct-port count.
+            "port": chunk.resp_p.astype(np.int64) * 4 + chunk.proto,
+            "state": chunk.state,
+            "proto": chunk.proto,
+        }
+        for name, _, _ in _COLS:
+            cols[name] = getattr(chunk, name)
+        if chunk.label is not None:
+            cols["label"] = chunk.label.astype(np.int8, copy=False)
+            cols["detail"] = chunk.detailed_label
+        bins = bin_of(estimate_removal(chunk, self.config.delays), self.config.interval)
+        return _Pending(bins, cols)
 
     def _emit_through(self, last_bin: int) -> list[IntervalFeatures]:
-        done, rest = [], []
+        done = []
         for piece in self._pending:
-            head, tail = piece.split_after(last_bin)
-            if len(head):
+            head = piece.take_through(last_bin)
+            if head is not None:
                 done.append(head)
-            if len(tail):
-                rest.append(tail)
         if not done:
             return []
-        self._pending = rest
+        self._pending = [p for p in self._pending if len(p)]
         self._next_bin = max(self._next_bin or last_bin + 1, last_bin + 1)
-        out = self._aggregate(_Rows.concat(done))
+        out = self._aggregate(_concat(done))
         self.intervals_emitted += len(out)
         return out
 
-    def _aggregate(self, rows: _Rows) -> list[IntervalFeatures]:
+    def _local_hosts(self, orig: np.ndarray, resp: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Dense local ids (in global id order) of the hosts in these rows, and the hosts."""
+        hosts = _distinct(np.concatenate([orig, resp]))
+        slot = self._slot
+        if len(slot) < len(self._addresses):
+            slot = self._slot = np.empty(max(2 * len(slot), len(self._addresses)), np.int64)
+        # Scatter then gather through a table indexed by global id: linear, no search.
+        slot[hosts] = np.arange(len(hosts))
+        return slot[orig], slot[resp], hosts
+
+    def _aggregate(self, rows: dict[str, np.ndarray]) -> list[IntervalFeatures]:
         cap = self.config.distinct_cap
-        b0 = int(rows.bin.min())
-        rel = (rows.bin - b0).astype(np.int64)
-        # (bin, host) as one integer key; host ids stay below 2**32.
-        out_key = (rel << 32) | rows.orig
-        in_key = (rel << 32) | rows.resp
-        keys, inv = np.unique(np.concatenate([out_key, in_key]), return_inverse=True)
-        n = len(rows)
-        out_g, in_g = inv[:n], inv[n:]
+        bins = rows["bin"]
+        b0 = int(bins.min())
+        rel = bins - b0
+        orig, resp, hosts = self._local_hosts(rows["orig"], rows["resp"])
+        out_g, in_g, keys = _group_ids(rel, orig, resp, len(hosts))
         groups = len(keys)
         values = np.zeros((groups, N_FEATURES), dtype=np.float64)
 
         def count_distinct(group: np.ndarray, other: np.ndarray) -> np.ndarray:
-            pairs = _distinct((group.astype(np.int64) << 32) | other)
+            pairs = _distinct((group << 32) | other)
             return np.minimum(np.bincount(pairs >> 32, minlength=groups), cap)
 
-        values[:, FEATURE_INDEX["out_conns"]] = np.bincount(out_g, minlength=groups)
-        values[:, FEATURE_INDEX["in_conns"]] = np.bincount(in_g, minlength=groups)
-        values[:, FEATURE_INDEX["out_hosts"]] = count_distinct(out_g, rows.resp)
-        values[:, FEATURE_INDEX["out_ports"]] = count_distinct(out_g, rows.port)
-        values[:, FEATURE_INDEX["in_hosts"]] = count_distinct(in_g, rows.orig)
-        for j, (_, out_name, in_name) in enumerate(_COLS):
-            col = rows.cols[j]
-            values[:, FEATURE_INDEX[out_name]] = np.bincount(out_g, weights=col, minlength=groups)
+        def put(name: str, column: np.ndarray) -> None:
+            values[:, FEATURE_INDEX[name]] = column
+
+        put("out_conns", np.bincount(out_g, minlength=groups))
+        put("in_conns", np.bincount(in_g, minlength=groups))
+        put("out_hosts", count_distinct(out_g, resp))
+        put("out_ports", count_distinct(out_g, rows["port"]))
+        put("in_hosts", count_distinct(in_g, orig))
+        for column, out_name, in_name in _COLS:
+            weights = rows[column]
+            put(out_name, np.bincount(out_g, weights=weights, minlength=groups))
             if in_name:
-                values[:, FEATURE_INDEX[in_name]] = np.bincount(in_g, weights=col, minlength=groups)
+                put(in_name, np.bincount(in_g, weights=weights, minlength=groups))
+        state, proto = rows["state"], rows["proto"]
+        failed = _FAILED_STATE[state]
+        put("out_failed", np.bincount(out_g, weights=failed, minlength=groups))
+        put("in_failed", np.bincount(in_g, weights=failed, minlength=groups))
+        put("out_rejected", np.bincount(out_g, weights=state == _REJ, minlength=groups))
+        put("out_udp", np.bincount(out_g, weights=proto == _UDP, minlength=groups))
+        put("out_icmp", np.bincount(out_g, weights=proto == _ICMP, minlength=groups))
 
         labels = detailed = None
-        if rows.label is not None:
+        if "label" in rows:
             labels, detailed = self._host_labels(rows, out_g, in_g, groups)
 
-        group_bin = (keys >> 32) + b0
-        group_host = keys & 0xFFFFFFFF
-        conns_per_bin = np.bincount(rows.bin - b0)
+        n_hosts = len(hosts)
+        group_bin = keys // n_hosts + b0
+        group_host = hosts[keys % n_hosts]
+        conns_per_bin = np.bincount(rel)
         bounds = np.flatnonzero(np.diff(group_bin)) + 1
-        starts = np.concatenate([[0], bounds])
-        ends = np.concatenate([bounds, [groups]])
+        starts = np.concatenate([[0], bounds]).tolist()
+        ends = np.concatenate([bounds, [groups]]).tolist()
+        names = self._address_array
         result = []
         for s, e in zip(starts, ends, strict=True):
             b = int(group_bin[s])
@@ -364,7 +458,7 @@ class FeatureAggregator:
                 IntervalFeatures(
                     bin=b,
                     interval=self.config.interval,
-                    hosts=[self._addresses[h] for h in group_host[s:e]],
+                    hosts=names[group_host[s:e]].tolist(),
                     values=values[s:e],
                     late=self._late_pending.pop(b, 0),
                     connections=int(conns_per_bin[b - b0]),
@@ -375,8 +469,8 @@ class FeatureAggregator:
         return result
 
     @staticmethod
-    def _host_labels(rows: _Rows, out_g, in_g, groups) -> tuple[np.ndarray, np.ndarray]:
-        label = rows.label
+    def _host_labels(rows: dict, out_g, in_g, groups) -> tuple[np.ndarray, np.ndarray]:
+        label = rows["label"]
         malicious = label == LABEL_MALICIOUS
         known = (label != LABEL_NONE) & (label != LABEL_BACKGROUND)
         positive = np.bincount(out_g, weights=malicious, minlength=groups) > 0
@@ -388,8 +482,39 @@ class FeatureAggregator:
         mal_rows = np.flatnonzero(malicious)
         if len(mal_rows):
             first_groups, first_idx = np.unique(out_g[mal_rows], return_index=True)
-            detailed[first_groups] = rows.detail[mal_rows[first_idx]]
+            detailed[first_groups] = rows["detail"][mal_rows[first_idx]]
         return labels.astype(np.int8), detailed
+
+
+_DENSE_FACTOR = 8
+"""Dense (bin, host) tables are used while they hold at most this many slots per row."""
+
+
+def _group_ids(
+    rel: np.ndarray, orig: np.ndarray, resp: np.ndarray, n_hosts: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids of the (bin, host) groups of each row's originator and responder.
+
+    Returns ``(out_g, in_g, keys)``: ``keys`` (bin * n_hosts + local host, ascending)
+    names each group, and the ids index into it. Both sides share one id space because a
+    host's outbound and inbound features form one vector.
+    """
+    base = rel * n_hosts
+    out_key = base + orig
+    in_key = base + resp
+    slots = (int(rel.max()) + 1) * n_hosts
+    if slots <= _DENSE_FACTOR * len(rel) + 4096:
+        # Few bins: mark the keys present in a table and number them in order -- two
+        # scatters and a prefix sum instead of a sort of 2n keys.
+        present = np.zeros(slots, dtype=bool)
+        present[out_key] = True
+        present[in_key] = True
+        number = np.cumsum(present, dtype=np.int64)
+        number -= 1
+        return number[out_key], number[in_key], np.flatnonzero(present)
+    keys, inverse = _unique_inverse(np.concatenate([out_key, in_key]))
+    n = len(rel)
+    return inverse[:n], inverse[n:], keys
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -402,6 +527,18 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
+
+
+def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` through one (SIMD) argsort."""
+    order = np.argsort(values)
+    ordered = values[order]
+    new = np.empty(len(ordered), dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    inverse = np.empty(len(values), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], inverse
 
 
 def featurize(

@@ -53,14 +53,17 @@ class LineBuffer:
     Each released block ends with a newline and comes as ``(first_line, block, n_lines)``:
     the 1-based number of its first line (so callers can report ``file:line`` exactly) and
     its number of lines.
+
+    Bytes are held as ``(data, start, end)`` ranges of the objects fed, so that a byte is
+    copied once, when its block is assembled (a block equal to one object fed is not
+    copied at all).
     """
 
     def __init__(self, max_lines: int) -> None:
         if max_lines < 1:
             raise ValueError(f"max_lines must be >= 1, got {max_lines}")
         self.max_lines = max_lines
-        self._pieces: list[bytes] = []
-        self._piece_lines: list[int] = []
+        self._pieces: list[list] = []  # [data: bytes, start, end, complete lines in it]
         self._lines = 0  # complete lines held
         self.next_line = 1
         """Number of the first line not yet released."""
@@ -68,22 +71,22 @@ class LineBuffer:
     @property
     def pending_bytes(self) -> int:
         """Bytes held (complete lines not yet released plus the partial last line)."""
-        return sum(len(p) for p in self._pieces)
+        return sum(end - start for _, start, end, _ in self._pieces)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes, int]]:
         """Add bytes; return the blocks of ``max_lines`` lines that are now complete."""
-        view = memoryview(data)
-        for start in range(0, len(view), _PIECE_BYTES):
-            piece = bytes(view[start : start + _PIECE_BYTES])
-            count = count_newlines(piece)
-            self._pieces.append(piece)
-            self._piece_lines.append(count)
+        if not isinstance(data, bytes):
+            data = bytes(data)  # a bytearray or view may change under us: own a copy
+        for start in range(0, len(data), _PIECE_BYTES):
+            end = min(start + _PIECE_BYTES, len(data))
+            count = _count_range(data, start, end)
+            self._pieces.append([data, start, end, count])
             self._lines += count
         blocks = []
         while self._lines >= self.max_lines:
             blocks.append(self._cut(self.max_lines))
         # Only a run of newline-free pieces at the end can make the partial line long.
-        tail_open = bool(self._piece_lines) and not self._piece_lines[-1]
+        tail_open = bool(self._pieces) and not self._pieces[-1][3]
         if tail_open and self._partial_bytes() > MAX_LINE_BYTES:
             line = self.next_line + self._lines
             raise ValueError(f"line {line} is longer than {MAX_LINE_BYTES} bytes")
@@ -92,10 +95,10 @@ class LineBuffer:
     def _partial_bytes(self) -> int:
         """Bytes after the last complete line."""
         total = 0
-        for piece, count in zip(reversed(self._pieces), reversed(self._piece_lines), strict=True):
+        for data, start, end, count in reversed(self._pieces):
             if count:
-                return total + len(piece) - piece.rfind(b"\n") - 1
-            total += len(piece)
+                return total + end - data.rfind(b"\n", start, end) - 1
+            total += end - start
         return total
 
     def drain(self) -> list[tuple[int, bytes, int]]:
@@ -110,9 +113,8 @@ class LineBuffer:
     def flush(self) -> list[tuple[int, bytes, int]]:
         """Release everything held; a final line without a newline is completed with one."""
         blocks = self.drain()
-        rest = b"".join(self._pieces)
+        rest = _join([(data, start, end) for data, start, end, _ in self._pieces])
         self._pieces.clear()
-        self._piece_lines.clear()
         if rest:
             blocks.append((self.next_line, rest + b"\n", 1))
             self.next_line += 1
@@ -120,26 +122,43 @@ class LineBuffer:
 
     def _cut(self, lines: int) -> tuple[int, bytes, int]:
         """Remove and return the first ``lines`` complete lines as one block."""
-        taken: list[bytes] = []
+        pieces = self._pieces
+        taken: list[tuple[bytes, int, int]] = []
         need = lines
-        while self._piece_lines[0] < need:
-            need -= self._piece_lines[0]
-            taken.append(self._pieces.pop(0))
-            self._piece_lines.pop(0)
-        piece = self._pieces[0]
-        if self._piece_lines[0] == need:
-            end = piece.rfind(b"\n") + 1
+        i = 0
+        while pieces[i][3] < need:
+            data, start, end, count = pieces[i]
+            taken.append((data, start, end))
+            need -= count
+            i += 1
+        data, start, end, count = pieces[i]
+        if count == need:
+            cut = data.rfind(b"\n", start, end) + 1
         else:
-            end = int(newline_positions(piece)[need - 1]) + 1
-        taken.append(piece[:end])
-        rest = piece[end:]
-        if rest:
-            self._pieces[0] = rest
-            self._piece_lines[0] -= need
+            view = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
+            cut = start + int(np.flatnonzero(view == 10)[need - 1]) + 1
+        taken.append((data, start, cut))
+        if cut < end:
+            pieces[i] = [data, cut, end, count - need]
+            del pieces[:i]
         else:
-            self._pieces.pop(0)
-            self._piece_lines.pop(0)
+            del pieces[: i + 1]
         self._lines -= lines
         first = self.next_line
         self.next_line += lines
-        return first, b"".join(taken), lines
+        return first, _join(taken), lines
+
+
+def _count_range(data: bytes, start: int, end: int) -> int:
+    """Newlines in ``data[start:end]``, without copying the range."""
+    view = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
+    return int(np.count_nonzero(view == 10))
+
+
+def _join(ranges: list[tuple[bytes, int, int]]) -> bytes:
+    """The bytes of several ``(data, start, end)`` ranges, copied once (or not at all)."""
+    if len(ranges) == 1:
+        data, start, end = ranges[0]
+        if start == 0 and end == len(data):
+            return data
+    return b"".join(memoryview(data)[start:end] for data, start, end in ranges)

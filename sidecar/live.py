@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import signal
@@ -62,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -271,10 +271,6 @@ _HOSTS_ARG = FEATURE_ARGS.index("hosts")
 _VALUES_ARG = FEATURE_ARGS.index("values")
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(name)
-
-
 def fast_feature_message(data: bytes | str) -> FeatureMessage | None:
     """The feature chunk in a frame, decoded without a per-value walk; None if not one.
 
@@ -288,9 +284,11 @@ def fast_feature_message(data: bytes | str) -> FeatureMessage | None:
     None, and the caller decodes the frame generically, which says what is wrong.
     """
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        # As the codec parses: Broker writes control characters raw; no NaN/Infinity.
-        obj = json.loads(text, strict=False, parse_constant=_reject_constant)
+        # orjson parses these frames twice as fast as json. It is strict RFC 8259: raw
+        # control characters (which Broker may write inside strings) and NaN/Infinity make
+        # it raise, and such a frame takes the generic codec path, which accepts the
+        # former and refuses the latter with a reason.
+        obj = orjson.loads(data)
         if obj.get("type") != "data-message" or not isinstance(obj.get("topic"), str):
             return None
         envelope = obj["data"]
@@ -330,19 +328,18 @@ def _addresses(vector: Any) -> tuple[str, ...] | None:
 def _real_rows(vector: Any) -> np.ndarray | None:
     if vector["@data-type"] != "vector":
         return None
-    rows = []
-    for row in vector["data"]:
-        if row["@data-type"] != "vector":
-            return None
-        cells = row["data"]
-        xs = [cell["data"] for cell in cells if cell["@data-type"] == "real"]
-        if len(xs) != len(cells) or len(xs) != N_FEATURES:
-            return None
-        for x in xs:
-            if type(x) is not float:
-                return None
-        rows.append(xs)
-    return np.array(rows, dtype=np.float64).reshape(len(rows), N_FEATURES)
+    rows = vector["data"]
+    if any(row["@data-type"] != "vector" or len(row["data"]) != N_FEATURES for row in rows):
+        return None
+    # One flat pass per check: set comprehensions and map() run at C speed, which a
+    # per-cell Python loop with ifs does not (this is most of a frame's decode time).
+    cells = [cell for row in rows for cell in row["data"]]
+    if {cell["@data-type"] for cell in cells} - {"real"}:
+        return None
+    xs = [cell["data"] for cell in cells]
+    if set(map(type, xs)) - {float}:
+        return None
+    return np.array(xs, dtype=np.float64).reshape(len(rows), N_FEATURES)
 
 
 class HandshakeError(ConnectionError):
