@@ -24,11 +24,13 @@ from seqwatch.sidecar.records import ConnChunk
 DICT_TYPE = pa.dictionary(pa.int32(), pa.string())
 
 # A dotted quad without leading zeros is exactly what ipaddress prints for an IPv4
-# address, so such text is already canonical and needs no Python round trip.
-_IPV4_CANONICAL = (
-    r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
-)
+# address, so such text is already canonical and needs no round trip through ipaddress.
+# (fullmatch: ``$`` would also match before a trailing newline.)
+_IPV4_PLAIN = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+    re.ASCII,
+).fullmatch
 _ZEEK_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 _ISO_TIME = (
     r"^(?P<base>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,9}))?"
@@ -48,16 +50,60 @@ def as_dictionary(arr: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
     return pc.dictionary_encode(arr)
 
 
+# Arrow -> numpy without ``to_numpy``: pyarrow's conversion imports pandas (about 0.15 s
+# of CPU and tens of MiB the first time), and the runtime has no use for it. Primitive
+# columns are read straight from their buffers instead.
+_NUMPY_TYPES = {
+    pa.int8(): np.int8,
+    pa.int16(): np.int16,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint8(): np.uint8,
+    pa.uint16(): np.uint16,
+    pa.uint32(): np.uint32,
+    pa.uint64(): np.uint64,
+    pa.float64(): np.float64,
+}
+
+
+def _single(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    return arr
+
+
+def valid_rows(arr: pa.Array) -> np.ndarray | None:
+    """Which rows of an array hold a value, or None when none is null."""
+    if arr.null_count == 0:
+        return None
+    bits = np.frombuffer(arr.buffers()[0], dtype=np.uint8)
+    valid = np.unpackbits(bits, count=arr.offset + len(arr), bitorder="little")
+    return valid[arr.offset :].view(bool)
+
+
+def values_view(arr: pa.Array) -> np.ndarray:
+    """The values of a fixed-width numeric array, as a numpy view of its buffer (no copy).
+
+    Null rows hold whatever the buffer holds there; see :func:`valid_rows`.
+    """
+    dtype = np.dtype(_NUMPY_TYPES[arr.type])
+    buffer = arr.buffers()[1]
+    if buffer is None:  # an array of nulls only may have no value buffer
+        return np.zeros(len(arr), dtype=dtype)
+    return np.frombuffer(buffer, dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
 def gather(table: np.ndarray, arr: pa.DictionaryArray, missing) -> np.ndarray:
     """Per-distinct-value results spread over the rows: ``table[indices]``.
 
     ``missing`` goes where the row itself is null.
     """
     table = np.concatenate([table, np.array([missing], dtype=table.dtype)])
-    indices = arr.indices
-    if indices.null_count:
-        indices = pc.fill_null(indices, len(table) - 1)
-    return table[indices.to_numpy(zero_copy_only=False)]
+    indices = values_view(arr.indices)
+    valid = valid_rows(arr.indices)
+    if valid is not None:
+        indices = np.where(valid, indices, len(table) - 1)
+    return table[indices]
 
 
 def map_distinct(arr: pa.Array, func: Callable[[str], object], dtype, missing) -> np.ndarray:
@@ -70,11 +116,20 @@ def map_distinct(arr: pa.Array, func: Callable[[str], object], dtype, missing) -
 
 def numbers(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A numeric column as float64, nulls (unset fields) as NaN."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
-    if not pa.types.is_float64(arr.type):
+    arr = _single(arr)
+    if arr.type != pa.float64():
         arr = pc.cast(arr, pa.float64())
-    return arr.to_numpy(zero_copy_only=False)
+    values = values_view(arr)
+    valid = valid_rows(arr)
+    if valid is None:
+        return values
+    return np.where(valid, values, np.nan)
+
+
+def mask_array(mask: np.ndarray) -> pa.Array:
+    """A numpy bool array as an Arrow boolean array (for ``filter``), built from bits."""
+    bits = np.packbits(mask, bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
 
 
 def unescape_zeek(text: str) -> str:
@@ -93,18 +148,13 @@ def unescape_zeek(text: str) -> str:
     return raw.decode("utf-8", errors="backslashreplace")
 
 
-def unescape_column(arr: pa.Array, may_be_escaped: bool = True) -> np.ndarray:
-    """A text column as an object array of str, Zeek escapes undone, nulls as "".
-
-    ``may_be_escaped=False`` (the block held no backslash at all) skips the search.
-    """
+def unescape_column(arr: pa.Array) -> np.ndarray:
+    """A text column as an object array of str, Zeek escapes undone, nulls as ""."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
         return map_distinct(arr, unescape_zeek, object, "")
     out = (pc.fill_null(arr, "") if arr.null_count else arr).to_numpy(zero_copy_only=False)
-    if not may_be_escaped:
-        return out
     escaped = pc.match_substring(arr, "\\x")
     if escaped.true_count:
         for i in np.flatnonzero(pc.fill_null(escaped, False).to_numpy(zero_copy_only=False)):
@@ -169,36 +219,78 @@ class AddressCodes:
 ADDRESS_OK, ADDRESS_UNSET, ADDRESS_INVALID = 0, 1, 2
 
 
-def encode_addresses(orig: pa.Array, resp: pa.Array, unset: frozenset[str]) -> AddressCodes:
+class AddressCache:
+    """What each address text seen before stands for, kept by a reader across chunks.
+
+    Consecutive chunks share most of their addresses; remembering the canonical text (or
+    that the text is unset or not an address) turns the per-chunk work into one dict
+    lookup per distinct text, and hands out the same ``str`` objects every time, whose
+    hashes Python keeps (the featurizer looks each one up). Bounded: it starts afresh
+    once it holds ``limit`` texts.
+    """
+
+    def __init__(self, limit: int = 1 << 17) -> None:
+        self.limit = limit
+        self._unset: frozenset[str] | None = None
+        self._known: dict[str, object] = {}
+
+    def table(self, unset: frozenset[str]) -> dict[str, object]:
+        """The text -> meaning table valid for these unset markers."""
+        if unset != self._unset or len(self._known) > self.limit:
+            self._unset = unset
+            self._known = {}
+        return self._known
+
+
+# What an address text means when it is not an address: two sentinels that number first
+# (codes 0 and 1 before the shift below) among a chunk's canonical addresses.
+_UNSET = object()
+_INVALID = object()
+
+
+def _classify(text: str | None, unset: frozenset[str]) -> object:
+    """Canonical text of an address text, or _UNSET / _INVALID (nothing cached)."""
+    if text is None:
+        return _UNSET
+    if _IPV4_PLAIN(text) is not None:
+        return text  # already what ipaddress would print
+    if text in unset or not text.strip():
+        return _UNSET
+    try:
+        return canonical_address(text)
+    except ValueError:
+        return _INVALID
+
+
+def encode_addresses(
+    orig: pa.Array, resp: pa.Array, unset: frozenset[str], cache: AddressCache | None = None
+) -> AddressCodes:
     """Canonicalize the distinct addresses of both columns once and code every row.
 
-    ``unset`` holds the texts that mean "no value" (Zeek's ``-``, ``(empty)``).
+    ``unset`` holds the texts that mean "no value" (Zeek's ``-``, ``(empty)``); a reader
+    passes its ``cache`` so that texts seen in earlier chunks are not examined again.
     """
     o = as_dictionary(orig)
     r = as_dictionary(resp)
-    values = pa.concat_arrays([o.dictionary, r.dictionary])
+    texts = o.dictionary.to_pylist() + r.dictionary.to_pylist()
     n_orig = len(o.dictionary)
-    state = np.zeros(len(values), dtype=np.uint8)
-    plain = pc.fill_null(pc.match_substring_regex(values, _IPV4_CANONICAL), False)
-    canon = values
-    if plain.true_count < len(values):
-        # Only the other values (IPv6, odd spellings, junk) make the Python round trip.
-        others = np.flatnonzero(~plain.to_numpy(zero_copy_only=False))
-        fixed: list[str | None] = []
-        for i, text in zip(others, values.take(others).to_pylist(), strict=True):
-            if text is None or text in unset or not text.strip():
-                state[i] = ADDRESS_UNSET
-                fixed.append(None)
-                continue
-            try:
-                fixed.append(canonical_address(text))
-            except ValueError:
-                state[i] = ADDRESS_INVALID
-                fixed.append(None)
-        canon = pc.replace_with_mask(values, pc.invert(plain), pa.array(fixed, pa.string()))
-    distinct = pc.unique(canon).drop_null()
-    codes = pc.fill_null(pc.index_in(canon, value_set=distinct), -1)
-    codes = codes.to_numpy(zero_copy_only=False).astype(np.int32)
+    known = (cache or AddressCache()).table(unset)
+    get = known.get
+    meanings = [get(text) for text in texts]
+    if None in meanings:
+        for i in [i for i, m in enumerate(meanings) if m is None]:
+            meanings[i] = known[texts[i]] = _classify(texts[i], unset)
+    # Number the canonical addresses in order of first appearance; the two sentinels
+    # take numbers 0 and 1, so after the shift they are -2 (unset) and -1 (invalid).
+    number = {_UNSET: 0, _INVALID: 1}
+    setdefault = number.setdefault
+    codes = np.array([setdefault(m, len(number)) for m in meanings], dtype=np.int32) - 2
+    state = np.zeros(len(codes), dtype=np.uint8)
+    bad = codes < 0
+    if bad.any():
+        state[codes == -2] = ADDRESS_UNSET
+        state[codes == -1] = ADDRESS_INVALID
+        codes[bad] = -1
 
     def states(part: np.ndarray, arr: pa.DictionaryArray) -> np.ndarray:
         if not part.any() and not arr.null_count:
@@ -208,7 +300,7 @@ def encode_addresses(orig: pa.Array, resp: pa.Array, unset: frozenset[str]) -> A
     return AddressCodes(
         orig_idx=gather(codes[:n_orig], o, -1),
         resp_idx=gather(codes[n_orig:], r, -1),
-        addresses=distinct.to_pylist(),
+        addresses=list(number)[2:],
         orig_state=states(state[:n_orig], o),
         resp_state=states(state[n_orig:], r),
     )
@@ -235,9 +327,47 @@ class RecordColumns:
     resp_pkts: np.ndarray
     orig_ip_bytes: np.ndarray
     resp_ip_bytes: np.ndarray
-    uid: np.ndarray | None = None
+    uid: np.ndarray | pa.Array | pa.ChunkedArray | None = None
+    """Object array of str, or an Arrow text column converted only when read (LazyUidChunk)."""
     label: np.ndarray | None = None
     detailed_label: np.ndarray | None = None
+
+
+class _UidColumn:
+    """An Arrow uid column waiting to become Python strings."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: pa.Array | pa.ChunkedArray) -> None:
+        self.array = array
+
+    def strings(self) -> np.ndarray:
+        return unescape_column(self.array)
+
+    def __reduce__(self):
+        return (_UidColumn, (self.array,))
+
+
+class LazyUidChunk(ConnChunk):
+    """A :class:`ConnChunk` whose ``uid`` column becomes Python strings when first read.
+
+    The featurizer never reads uids, and building a ``str`` object per row costs nearly a
+    tenth of what parsing the whole row in Arrow does, so the readers keep Arrow's column
+    and convert it (Zeek escapes undone) on first access. Otherwise it is a ConnChunk:
+    ``take`` and ``dataclasses.replace`` read the converted column, pickling keeps the
+    Arrow one.
+    """
+
+    @property
+    def uid(self) -> np.ndarray | None:
+        value = self.__dict__.get("_uid")
+        if isinstance(value, _UidColumn):
+            value = self.__dict__["_uid"] = value.strings()
+        return value
+
+    @uid.setter
+    def uid(self, value: np.ndarray | _UidColumn | None) -> None:
+        self.__dict__["_uid"] = value
 
 
 _COUNT_FIELDS = ("duration", "orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes")
@@ -254,11 +384,13 @@ def build_chunk(
     findings: list[Finding],
     drop: np.ndarray | None = None,
     names: dict[str, str] | None = None,
+    addresses: AddressCache | None = None,
 ) -> ConnChunk | None:
     """Validate the columns, drop bad rows (adding findings) and assemble a ConnChunk.
 
     ``drop`` marks rows already found bad by the caller (their findings already added).
-    ``names`` renames conn.log fields in messages to the input's own field names.
+    ``names`` renames conn.log fields in messages to the input's own field names;
+    ``addresses`` is the reader's :class:`AddressCache`.
     Returns None when no row is left.
     """
     names = names or {}
@@ -282,7 +414,7 @@ def build_chunk(
     ts = cols.ts
     flag(np.isnan(ts), "missing_value", lambda i: f"{name_of('ts')} is unset or not a time")
     flag(np.isinf(ts), "bad_value", lambda i: f"{name_of('ts')} is not a finite number")
-    codes = encode_addresses(cols.orig, cols.resp, unset)
+    codes = encode_addresses(cols.orig, cols.resp, unset, addresses)
     for name, state, column in (
         (name_of("id.orig_h"), codes.orig_state, cols.orig),
         (name_of("id.resp_h"), codes.resp_state, cols.resp),
@@ -321,11 +453,21 @@ def build_chunk(
             a = a[keep]
         return a if dtype is None else a.astype(dtype, copy=False)
 
+    uid = cols.uid
+    chunk_type = ConnChunk
+    if isinstance(uid, pa.Array | pa.ChunkedArray):
+        if keep is not None:
+            uid = uid.filter(mask_array(keep))
+        uid = _UidColumn(uid)
+        chunk_type = LazyUidChunk
+    else:
+        uid = col(uid)
+
     def num(a: np.ndarray) -> np.ndarray:
         a = col(a)
         return np.nan_to_num(a, nan=0.0) if np.isnan(a).any() else a
 
-    return ConnChunk(
+    return chunk_type(
         source=source,
         ts=col(ts),
         duration=num(cols.duration),
@@ -342,7 +484,7 @@ def build_chunk(
         addresses=codes.addresses,
         label=col(cols.label, np.int8),
         detailed_label=col(cols.detailed_label),
-        uid=col(cols.uid),
+        uid=uid,
         line=col(lines, np.int64),
         meta={"format": fmt},
     )

@@ -300,7 +300,7 @@ class FeatureAggregator:
         self._ids: dict[str, int] = {}
         self._addresses: list[str] = []
         self._address_array = np.empty(0, dtype=object)  # _addresses, for fast gathers
-        self._slot = np.empty(0, dtype=np.int64)  # scratch: global host id -> local id
+        self._scratch = _Scratch()
         self._pending: list[_Pending] = []
         self._next_bin: int | None = None  # earliest bin not yet emitted
         self._clock = -np.inf
@@ -349,9 +349,9 @@ class FeatureAggregator:
         known = len(ids)
         setdefault = ids.setdefault
         # setdefault evaluates len(ids) before inserting: a new address gets the next id.
-        gids = [setdefault(addr, len(ids)) for addr in addresses]
+        gids = np.array([setdefault(addr, len(ids)) for addr in addresses], dtype=np.int64)
         if len(ids) > known:
-            new = [addr for addr, gid in zip(addresses, gids, strict=True) if gid >= known]
+            new = [addresses[i] for i in np.flatnonzero(gids >= known).tolist()]
             self._addresses += new
             array = self._address_array
             if len(array) < len(self._addresses):
@@ -360,7 +360,7 @@ class FeatureAggregator:
                 grown[:known] = array[:known]
                 self._address_array = array = grown
             array[known : len(self._addresses)] = new
-        return np.array(gids, dtype=np.int64)
+        return gids
 
     def _piece(self, chunk: ConnChunk) -> _Pending:
         gids = self._global_ids(chunk.addresses)
@@ -376,7 +376,8 @@ class FeatureAggregator:
             cols[name] = getattr(chunk, name)
         if chunk.label is not None:
             cols["label"] = chunk.label.astype(np.int8, copy=False)
-            cols["detail"] = chunk.detailed_label
+            detail = chunk.detailed_label
+            cols["detail"] = np.full(len(chunk), "", object) if detail is None else detail
         bins = bin_of(estimate_removal(chunk, self.config.delays), self.config.interval)
         return _Pending(bins, cols)
 
@@ -396,10 +397,17 @@ class FeatureAggregator:
 
     def _local_hosts(self, orig: np.ndarray, resp: np.ndarray) -> tuple[np.ndarray, ...]:
         """Dense local ids (in global id order) of the hosts in these rows, and the hosts."""
-        hosts = _distinct(np.concatenate([orig, resp]))
-        slot = self._slot
-        if len(slot) < len(self._addresses):
-            slot = self._slot = np.empty(max(2 * len(slot), len(self._addresses)), np.int64)
+        n_known = len(self._addresses)
+        if n_known <= _DENSE_FACTOR * len(orig) + _DENSE_MIN_SLOTS:
+            # Mark the hosts in a table over every known id: linear, no sort.
+            present = self._scratch.marks(n_known)
+            present[orig] = True
+            present[resp] = True
+            hosts = np.flatnonzero(present)
+            present[hosts] = False
+        else:
+            hosts = _distinct(np.concatenate([orig, resp]))
+        slot = self._scratch.ids(n_known, "hosts")
         # Scatter then gather through a table indexed by global id: linear, no search.
         slot[hosts] = np.arange(len(hosts))
         return slot[orig], slot[resp], hosts
@@ -410,29 +418,39 @@ class FeatureAggregator:
         b0 = int(bins.min())
         rel = bins - b0
         orig, resp, hosts = self._local_hosts(rows["orig"], rows["resp"])
-        out_g, in_g, keys = _group_ids(rel, orig, resp, len(hosts))
+        # (bin, local host) keys: the host in the low ``shift`` bits.
+        shift = max(int(len(hosts) - 1).bit_length(), 1)
+        host_bits = (1 << shift) - 1
+        grouping = _Groups(rel, orig, resp, shift, self._scratch)
+        out_g, in_g, keys = grouping.out_g, grouping.in_g, grouping.keys
         groups = len(keys)
         values = np.zeros((groups, N_FEATURES), dtype=np.float64)
-
-        def count_distinct(group: np.ndarray, other: np.ndarray) -> np.ndarray:
-            pairs = _distinct((group << 32) | other)
-            return np.minimum(np.bincount(pairs >> 32, minlength=groups), cap)
 
         def put(name: str, column: np.ndarray) -> None:
             values[:, FEATURE_INDEX[name]] = column
 
+        def capped_count(group_ids: np.ndarray) -> np.ndarray:
+            return np.minimum(np.bincount(group_ids, minlength=groups), cap)
+
         put("out_conns", np.bincount(out_g, minlength=groups))
         put("in_conns", np.bincount(in_g, minlength=groups))
-        put("out_hosts", count_distinct(out_g, resp))
-        put("out_ports", count_distinct(out_g, rows["port"]))
-        put("in_hosts", count_distinct(in_g, orig))
+        # The distinct (originator group, responder) pairs are the distinct (bin,
+        # originator, responder) triples: one sort counts the peers of both sides.
+        pairs = _distinct((out_g << shift) | resp)
+        pair_group = pairs >> shift
+        put("out_hosts", capped_count(pair_group))
+        pair_bin = keys[pair_group] & ~host_bits
+        put("in_hosts", capped_count(grouping.lookup(pair_bin | (pairs & host_bits))))
+        ports = _distinct((out_g << 32) | rows["port"])
+        put("out_ports", capped_count(ports >> 32))
         for column, out_name, in_name in _COLS:
             weights = rows[column]
             put(out_name, np.bincount(out_g, weights=weights, minlength=groups))
             if in_name:
                 put(in_name, np.bincount(in_g, weights=weights, minlength=groups))
         state, proto = rows["state"], rows["proto"]
-        failed = _FAILED_STATE[state]
+        # A lookup per row; codes are uint8 (ConnChunk), hand-built chunks may differ.
+        failed = _FAILED_STATE[state] if state.dtype == np.uint8 else np.isin(state, _FAILED_CODES)
         put("out_failed", np.bincount(out_g, weights=failed, minlength=groups))
         put("in_failed", np.bincount(in_g, weights=failed, minlength=groups))
         put("out_rejected", np.bincount(out_g, weights=state == _REJ, minlength=groups))
@@ -443,9 +461,8 @@ class FeatureAggregator:
         if "label" in rows:
             labels, detailed = self._host_labels(rows, out_g, in_g, groups)
 
-        n_hosts = len(hosts)
-        group_bin = keys // n_hosts + b0
-        group_host = hosts[keys % n_hosts]
+        group_bin = (keys >> shift) + b0
+        group_host = hosts[keys & host_bits]
         conns_per_bin = np.bincount(rel)
         bounds = np.flatnonzero(np.diff(group_bin)) + 1
         starts = np.concatenate([[0], bounds]).tolist()
@@ -487,34 +504,75 @@ class FeatureAggregator:
 
 
 _DENSE_FACTOR = 8
-"""Dense (bin, host) tables are used while they hold at most this many slots per row."""
+"""Dense tables (marks over ids, or over (bin, host) keys) are used while they hold at
+most this many slots per row (plus _DENSE_MIN_SLOTS); beyond that, sorting is cheaper."""
+_DENSE_MIN_SLOTS = 4096
 
 
-def _group_ids(
-    rel: np.ndarray, orig: np.ndarray, resp: np.ndarray, n_hosts: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ids of the (bin, host) groups of each row's originator and responder.
+class _Scratch:
+    """Tables reused by every aggregation, grown as needed and never shrunk.
 
-    Returns ``(out_g, in_g, keys)``: ``keys`` (bin * n_hosts + local host, ascending)
-    names each group, and the ids index into it. Both sides share one id space because a
-    host's outbound and inbound features form one vector.
+    Fresh multi-megabyte arrays per batch would cost page faults (the allocator hands
+    large blocks back to the system) that exceed the work done in them. ``marks`` must
+    be all False between uses: whoever sets marks clears them again.
     """
-    base = rel * n_hosts
-    out_key = base + orig
-    in_key = base + resp
-    slots = (int(rel.max()) + 1) * n_hosts
-    if slots <= _DENSE_FACTOR * len(rel) + 4096:
-        # Few bins: mark the keys present in a table and number them in order -- two
-        # scatters and a prefix sum instead of a sort of 2n keys.
-        present = np.zeros(slots, dtype=bool)
-        present[out_key] = True
-        present[in_key] = True
-        number = np.cumsum(present, dtype=np.int64)
-        number -= 1
-        return number[out_key], number[in_key], np.flatnonzero(present)
-    keys, inverse = _unique_inverse(np.concatenate([out_key, in_key]))
-    n = len(rel)
-    return inverse[:n], inverse[n:], keys
+
+    def __init__(self) -> None:
+        self._marks = np.zeros(0, dtype=bool)
+        self._ids: dict[str, np.ndarray] = {}
+
+    def marks(self, n: int) -> np.ndarray:
+        if len(self._marks) < n:
+            self._marks = np.zeros(max(2 * len(self._marks), n), dtype=bool)
+        return self._marks[:n]
+
+    def ids(self, n: int, name: str) -> np.ndarray:
+        """An int64 table of at least ``n`` entries, contents undefined."""
+        table = self._ids.get(name)
+        if table is None or len(table) < n:
+            size = n if table is None else max(2 * len(table), n)
+            table = self._ids[name] = np.empty(size, dtype=np.int64)
+        return table
+
+
+class _Groups:
+    """Ids of the (bin, host) groups of each row's originator (``out_g``) and responder.
+
+    ``keys`` (``bin << shift | local host``, ascending) names each group and the ids index
+    into it. Both sides share one id space because a host's outbound and inbound
+    features form one vector.
+    """
+
+    def __init__(
+        self, rel: np.ndarray, orig: np.ndarray, resp: np.ndarray, shift: int, scratch: _Scratch
+    ) -> None:
+        base = rel << shift
+        out_key = base | orig
+        in_key = base | resp
+        slots = (int(rel.max()) + 1) << shift
+        self._number: np.ndarray | None = None
+        if slots <= _DENSE_FACTOR * len(rel) + _DENSE_MIN_SLOTS:
+            # Few bins: mark the keys present in a table and number them in order -- two
+            # scatters and a scan instead of a sort of 2n keys.
+            present = scratch.marks(slots)
+            present[out_key] = True
+            present[in_key] = True
+            self.keys = np.flatnonzero(present)
+            present[self.keys] = False
+            number = self._number = scratch.ids(slots, "groups")
+            number[self.keys] = np.arange(len(self.keys))
+            self.out_g = number[out_key]
+            self.in_g = number[in_key]
+        else:
+            self.keys, inverse = _unique_inverse(np.concatenate([out_key, in_key]))
+            n = len(rel)
+            self.out_g, self.in_g = inverse[:n], inverse[n:]
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Group ids of keys that name existing groups."""
+        if self._number is not None:
+            return self._number[keys]
+        return np.searchsorted(self.keys, keys)
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:

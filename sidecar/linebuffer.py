@@ -8,6 +8,8 @@ between feeds and numbers the lines it hands out.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 _PIECE_BYTES = 1 << 22
@@ -56,7 +58,8 @@ class LineBuffer:
 
     Bytes are held as ``(data, start, end)`` ranges of the objects fed, so that a byte is
     copied once, when its block is assembled (a block equal to one object fed is not
-    copied at all).
+    copied at all). A block may be a ``bytearray`` that the buffer fills again for a later
+    block once nothing else refers to it, so a caller may keep blocks as long as it likes.
     """
 
     def __init__(self, max_lines: int) -> None:
@@ -65,6 +68,7 @@ class LineBuffer:
         self.max_lines = max_lines
         self._pieces: list[list] = []  # [data: bytes, start, end, complete lines in it]
         self._lines = 0  # complete lines held
+        self._arena: bytearray | None = None  # see _assemble
         self.next_line = 1
         """Number of the first line not yet released."""
 
@@ -73,7 +77,7 @@ class LineBuffer:
         """Bytes held (complete lines not yet released plus the partial last line)."""
         return sum(end - start for _, start, end, _ in self._pieces)
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes, int]]:
+    def feed(self, data: bytes) -> list[tuple[int, bytes | bytearray, int]]:
         """Add bytes; return the blocks of ``max_lines`` lines that are now complete."""
         if not isinstance(data, bytes):
             data = bytes(data)  # a bytearray or view may change under us: own a copy
@@ -101,7 +105,7 @@ class LineBuffer:
             total += end - start
         return total
 
-    def drain(self) -> list[tuple[int, bytes, int]]:
+    def drain(self) -> list[tuple[int, bytes | bytearray, int]]:
         """Release every complete line held now; the partial last line stays."""
         blocks = []
         while self._lines >= self.max_lines:
@@ -110,7 +114,7 @@ class LineBuffer:
             blocks.append(self._cut(self._lines))
         return blocks
 
-    def flush(self) -> list[tuple[int, bytes, int]]:
+    def flush(self) -> list[tuple[int, bytes | bytearray, int]]:
         """Release everything held; a final line without a newline is completed with one."""
         blocks = self.drain()
         rest = _join([(data, start, end) for data, start, end, _ in self._pieces])
@@ -120,7 +124,7 @@ class LineBuffer:
             self.next_line += 1
         return blocks
 
-    def _cut(self, lines: int) -> tuple[int, bytes, int]:
+    def _cut(self, lines: int) -> tuple[int, bytes | bytearray, int]:
         """Remove and return the first ``lines`` complete lines as one block."""
         pieces = self._pieces
         taken: list[tuple[bytes, int, int]] = []
@@ -139,6 +143,10 @@ class LineBuffer:
             cut = start + int(np.flatnonzero(view == 10)[need - 1]) + 1
         taken.append((data, start, cut))
         if cut < end:
+            if 4 * (end - cut) < len(data):
+                # Keep a small rest, not the large object it was fed in (a live tail's
+                # partial last line would pin megabytes).
+                data, cut, end = data[cut:end], 0, end - cut
             pieces[i] = [data, cut, end, count - need]
             del pieces[:i]
         else:
@@ -146,7 +154,33 @@ class LineBuffer:
         self._lines -= lines
         first = self.next_line
         self.next_line += lines
-        return first, _join(taken), lines
+        return first, self._assemble(taken), lines
+
+    def _assemble(self, ranges: list[tuple[bytes, int, int]]) -> bytes | bytearray:
+        """One block from ``(data, start, end)`` ranges, copied once or not at all.
+
+        Blocks that span several fed objects are assembled in a bytearray that is reused
+        once nobody else holds it: a fresh multi-megabyte object per block would cost
+        page faults (the allocator hands such sizes back to the system) on top of the copy.
+        """
+        if len(ranges) == 1 and ranges[0][1] == 0 and ranges[0][2] == len(ranges[0][0]):
+            return ranges[0][0]
+        size = sum(end - start for _, start, end in ranges)
+        # Two references are self._arena and getrefcount's argument; more: a caller kept it.
+        if self._arena is None or sys.getrefcount(self._arena) > 2:
+            self._arena = bytearray(size)
+        arena = self._arena
+        if len(arena) > size:
+            del arena[size:]  # a small shrink keeps the allocation
+        elif len(arena) < size:
+            arena.extend(bytes(size - len(arena)))
+        view = memoryview(arena)
+        pos = 0
+        for data, start, end in ranges:
+            view[pos : pos + end - start] = memoryview(data)[start:end]
+            pos += end - start
+        view.release()
+        return arena
 
 
 def _count_range(data: bytes, start: int, end: int) -> int:

@@ -33,6 +33,7 @@ import pyarrow.csv as pacsv
 
 from seqwatch.sidecar.arrowcols import (
     DICT_TYPE,
+    AddressCache,
     RecordColumns,
     as_dictionary,
     build_chunk,
@@ -40,7 +41,6 @@ from seqwatch.sidecar.arrowcols import (
     iso_seconds,
     map_distinct,
     numbers,
-    unescape_column,
     unescape_zeek,
 )
 from seqwatch.sidecar.jsonlines import explain_json_line, read_json_block
@@ -305,6 +305,7 @@ class _TsvDecoder:
         self.header = ZeekHeader()
         self.plan: _TsvPlan | None = None
         self._invalid: list[tuple[int, int, int, str]] = []
+        self._addresses = AddressCache()
 
     def decode(self, block: bytes, first_line: int, n_lines: int) -> list[ConnChunk]:
         # memchr for "#" is cheap; data lines rarely contain one, so the exact scan for
@@ -425,8 +426,7 @@ class _TsvDecoder:
         columns = {name: table.column(name) for name in table.column_names}
         if not typed:
             columns, drop = self._check_raw(columns, lines, line_text, findings)
-        escaped = run.find(b"\\") >= 0
-        chunk = self._assemble(columns, lines, line_text, findings, drop, escaped)
+        chunk = self._assemble(columns, lines, line_text, findings, drop)
         settle(findings, parser.report, parser.source, parser.strict)
         return [chunk] if chunk is not None else []
 
@@ -509,7 +509,6 @@ class _TsvDecoder:
         line_text: Callable[[int], bytes],
         findings: list[Finding],
         drop: np.ndarray | None,
-        escaped: bool,
     ) -> ConnChunk | None:
         plan = self.plan
         unset = self.header.unset_values
@@ -555,7 +554,7 @@ class _TsvDecoder:
             resp_pkts=number("resp_pkts"),
             orig_ip_bytes=number("orig_ip_bytes"),
             resp_ip_bytes=number("resp_ip_bytes"),
-            uid=None if uid is None else unescape_column(uid, escaped),
+            uid=uid,
             **_text_fields(
                 n,
                 unset,
@@ -575,6 +574,7 @@ class _TsvDecoder:
             line_text=line_text,
             findings=findings,
             drop=drop,
+            addresses=self._addresses,
         )
 
     def _split_compound(self, texts: dict, column: str, parts: list[str]) -> np.ndarray | None:
@@ -630,6 +630,7 @@ class _JsonDecoder:
         # Zeek writes ts as a number, or as ISO 8601 text with JSON::TS_ISO8601.
         self.ts_text = isinstance(first_record.get("ts"), str)
         self.schema = _json_schema(self.ts_text)
+        self._addresses = AddressCache()
 
     def decode(self, block: bytes, first_line: int, n_lines: int) -> list[ConnChunk]:
         parser = self.parser
@@ -685,7 +686,7 @@ class _JsonDecoder:
             resp_pkts=numbers(col("resp_pkts")),
             orig_ip_bytes=numbers(col("orig_ip_bytes")),
             resp_ip_bytes=numbers(col("resp_ip_bytes")),
-            uid=None if uid.null_count == n else unescape_column(uid),
+            uid=None if uid.null_count == n else uid,
             **_text_fields(
                 n,
                 _JSON_UNSET,
@@ -704,6 +705,7 @@ class _JsonDecoder:
             unset=_JSON_UNSET,
             line_text=line_text,
             findings=findings,
+            addresses=self._addresses,
         )
 
 
@@ -793,13 +795,13 @@ class ConnLogParser:
             self._head = bytearray()
         return self._decode(self._lines.flush())
 
-    def _lines_feed(self, data: bytes) -> list[tuple[int, bytes, int]]:
+    def _lines_feed(self, data: bytes) -> list[tuple[int, bytes | bytearray, int]]:
         try:
             return self._lines.feed(data)
         except ValueError as exc:
             raise InputError(str(exc), where=self.source, kind="line_length") from None
 
-    def _decode(self, blocks: list[tuple[int, bytes, int]]) -> list[ConnChunk]:
+    def _decode(self, blocks: list[tuple[int, bytes | bytearray, int]]) -> list[ConnChunk]:
         chunks = []
         for first_line, block, n_lines in blocks:
             chunks += self._decoder.decode(block, first_line, n_lines)

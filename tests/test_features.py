@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqwatch.sidecar import features
 from seqwatch.sidecar.features import (
     HOST_EXCLUDED,
     HOST_NEGATIVE,
@@ -18,11 +19,13 @@ from seqwatch.sidecar.features import (
     estimate_removal,
     featurize,
 )
-from seqwatch.sidecar.records import chunk_from_rows
+from seqwatch.sidecar.records import ConnChunk, chunk_from_rows
 from seqwatch.sidecar.schema import (
+    CONN_STATES,
     FAILED_STATES,
     FEATURE_INDEX,
     FEATURE_NAMES,
+    PROTOCOLS,
     FeatureConfig,
     RemovalDelays,
 )
@@ -548,3 +551,75 @@ def test_every_lab2_connection_counts_once_each_way(shared_data):
     assert 150 <= peak[F["out_rejected"]] <= 250
     assert peak[F["out_hosts"]] == 1
     assert peak[F["out_ports"]] == peak[F["out_conns"]]
+
+
+# -- the vectorized paths agree ---------------------------------------------------------
+def test_removal_table_lookup_matches_the_masks():
+    """The flat lookup table used per row gives the design table's masks, code for code."""
+    states = np.arange(len(CONN_STATES), dtype=np.uint8)
+    protos = np.arange(len(PROTOCOLS), dtype=np.uint8)
+    services = np.arange(4, dtype=np.uint8)
+    ports = np.array([0, 21, 22, 23, 80, 513, 514, 65535], dtype=np.int32)
+    grid = np.array(np.meshgrid(states, protos, services, ports, indexing="ij"))
+    state, proto, service, port = (axis.ravel() for axis in grid)
+    n = len(state)
+    chunk = ConnChunk(
+        source="grid",
+        ts=np.full(n, 100.0),
+        duration=np.full(n, 2.5),
+        orig_idx=np.zeros(n, np.int32),
+        resp_idx=np.zeros(n, np.int32),
+        resp_p=port,
+        proto=proto,
+        state=state,
+        service=service,
+        orig_pkts=np.zeros(n),
+        resp_pkts=np.zeros(n),
+        orig_ip_bytes=np.zeros(n),
+        resp_ip_bytes=np.zeros(n),
+        addresses=["10.0.0.1"],
+    )
+    delays = RemovalDelays(tcp_attempt=1, tcp_close=2, tcp_inactivity=3, long_inactivity=4, dns=5)
+    table_delay, table_s0 = features._delay_class(chunk, delays)
+    mask_delay, mask_s0 = features._delay_select(chunk, delays)
+    assert np.array_equal(table_delay, mask_delay)
+    assert np.array_equal(table_s0, mask_s0)
+
+
+def test_sorting_and_dense_table_paths_give_identical_intervals(monkeypatch):
+    """Aggregation numbers (bin, host) groups with dense tables while they stay small and
+    falls back to sorting (many bins or hosts); both must give the same intervals."""
+    rng = random.Random(11)
+    rows = [
+        conn(
+            rng.uniform(0, 6000),
+            orig=f"10.0.{rng.randrange(4)}.{rng.randrange(20)}",
+            resp=rng.choice(["10.9.0.1", "fd00::7", f"10.9.1.{rng.randrange(40)}"]),
+            port=rng.choice([22, 53, 80, 443, 9999]),
+            proto=rng.choice(["tcp", "tcp", "udp", "icmp"]),
+            state=rng.choice(STATES),
+            service=rng.choice(["-", "dns", "ssh", "http"]),
+            duration=rng.random() * 30,
+            orig_ip_bytes=rng.randrange(9999),
+            label=rng.choice(["Benign", "Malicious", "Background"]),
+            detailed_label=rng.choice(["", "C&C", "scan"]),
+        )
+        for _ in range(4000)
+    ]
+    rows.sort(key=lambda r: r["ts"])
+    chunks = [chunk_from_rows(rows[i : i + 450]) for i in range(0, len(rows), 450)]
+    config = FeatureConfig(interval=30.0, distinct_cap=7)
+
+    def intervals():
+        return list(featurize(chunks, config, lateness=30.0))
+
+    dense = intervals()
+    monkeypatch.setattr(features, "_DENSE_FACTOR", 0)
+    monkeypatch.setattr(features, "_DENSE_MIN_SLOTS", 0)
+    sorted_ = intervals()
+    assert len(dense) == len(sorted_) > 100
+    for a, b in zip(dense, sorted_, strict=True):
+        assert (a.bin, a.hosts, a.late, a.connections) == (b.bin, b.hosts, b.late, b.connections)
+        assert np.array_equal(a.values, b.values)
+        assert np.array_equal(a.labels, b.labels)
+        assert list(a.detailed) == list(b.detailed)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import json
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -521,6 +525,45 @@ def test_line_buffer_cuts_whole_lines_and_numbers_them() -> None:
     assert buffer.feed(b"\n" * 4) == [(4, b"d\ne\n\n", 3)]
     assert buffer.flush() == [(7, b"\n\n", 2)]
     assert buffer.feed(b"tail") == [] and buffer.flush() == [(9, b"tail\n", 1)]
+
+
+def test_line_buffer_never_reuses_a_block_the_caller_still_holds() -> None:
+    buffer = LineBuffer(max_lines=2)
+    (first,) = buffer.feed(b"a1\na2\n")  # one object fed: handed out as it is
+    kept = [block for _, block, _ in buffer.feed(b"b1\nb") + buffer.feed(b"2\nc1\nc")]
+    assert kept == [b"b1\nb2\n"]
+    later = []  # each block dropped before the next is cut: the buffer may reuse its memory
+    for piece in (b"2\nd1\n", b"dd2\ne1\n", b"e2\n"):
+        later += [bytes(block) for _, block, _ in buffer.feed(piece)]
+    assert later == [b"c1\nc2\n", b"d1\ndd2\n", b"e1\ne2\n"]
+    assert first[1] == b"a1\na2\n" and kept == [b"b1\nb2\n"]
+
+
+def test_reading_and_featurizing_a_tsv_log_does_not_import_pandas() -> None:
+    """pyarrow's to_numpy() imports pandas; the runtime reads Arrow buffers instead."""
+    code = (
+        "import sys\n"
+        "from seqwatch.sidecar.archives import read_connections\n"
+        "from seqwatch.sidecar.features import featurize\n"
+        f"assert list(featurize(read_connections([{str(LAB2_HEAD)!r}])))\n"
+        "sys.exit(3 if 'pandas' in sys.modules else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr or "pandas was imported"
+
+
+def test_uids_become_strings_when_read_and_survive_copies() -> None:
+    (chunk,), _ = parse(LAB2_HEAD.read_bytes())
+    assert isinstance(chunk, ConnChunk)
+    rows = [line for line in LAB2_HEAD.read_bytes().splitlines() if not line.startswith(b"#")]
+    expected = [row.split(b"\t")[1].decode() for row in rows]
+    for copy in (
+        pickle.loads(pickle.dumps(chunk)),
+        dataclasses.replace(chunk, label=np.zeros(len(chunk), np.int8)),
+        chunk.take(np.arange(len(chunk))),
+        chunk,
+    ):
+        assert copy.uid.dtype == object and copy.uid.tolist() == expected
 
 
 def test_binary_input_is_an_unknown_format_without_reading_it_all() -> None:
