@@ -415,9 +415,8 @@ class Pipeline:
 
     def _record(self, bin_: int, hosts: list[str], values: np.ndarray) -> bool:
         try:
-            # update() also gathers these hosts' windows; the copy is dropped at once, and
-            # scoring gathers again in bounded batches when the interval is complete.
-            self._windows.update(bin_, hosts, values)
+            # Windows are gathered later, in bounded batches, when the hosts are scored.
+            self._windows.record(bin_, hosts, values)
         except OverflowError as exc:
             self._reject("too_many_hosts", str(exc))
             return False

@@ -79,6 +79,19 @@ class HostWindows:
         given in several parts (chunks of hosts); an interval older than the newest one
         taken raises :class:`IntervalOrderError`.
         """
+        return self._gather(self._put(bin_, hosts, values), bin_)
+
+    def record(self, bin_: int, hosts: Sequence[str], values: np.ndarray) -> None:
+        """Like :meth:`update`, without gathering windows (the sidecar scores later)."""
+        self._put(bin_, hosts, values)
+
+    def windows(self, bin_: int, hosts: Sequence[str]) -> np.ndarray:
+        """Windows ending at ``bin_`` for tracked hosts, without recording anything."""
+        slots = np.array([self._slot[h] for h in hosts], dtype=np.int64)
+        return self._gather(slots, bin_)
+
+    # -- internals --------------------------------------------------------------------
+    def _put(self, bin_: int, hosts: Sequence[str], values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float32)
         if values.shape != (len(hosts), self.n_features):
             raise ValueError(
@@ -96,14 +109,8 @@ class HostWindows:
         self._buf[slots, pos] = values
         self._held[slots, pos] = bin_
         self._last[slots] = bin_
-        return self._gather(slots, bin_)
+        return slots
 
-    def windows(self, bin_: int, hosts: Sequence[str]) -> np.ndarray:
-        """Windows ending at ``bin_`` for tracked hosts, without recording anything."""
-        slots = np.array([self._slot[h] for h in hosts], dtype=np.int64)
-        return self._gather(slots, bin_)
-
-    # -- internals --------------------------------------------------------------------
     def _gather(self, slots: np.ndarray, bin_: int) -> np.ndarray:
         wanted = bin_ - self.window + np.arange(self.length, dtype=np.int64)
         positions = wanted % self.length
