@@ -49,8 +49,11 @@ sys.path.insert(0, str(REPO / "tests"))  # onnx_fixture, the torch-free fallback
 
 from seqwatch.sidecar.codec import decode_frame, encode_event  # noqa: E402
 from seqwatch.sidecar.features import IntervalFeatures  # noqa: E402
-from seqwatch.sidecar.live import fast_feature_message  # noqa: E402
-from seqwatch.sidecar.messages import FEATURES_TOPIC, FeatureMessage  # noqa: E402
+from seqwatch.sidecar.messages import (  # noqa: E402
+    FEATURES_TOPIC,
+    FeatureMessage,
+    fast_feature_message,
+)
 from seqwatch.sidecar.modelfile import INPUT_NAME, OnnxModel  # noqa: E402
 from seqwatch.sidecar.pipeline import Pipeline  # noqa: E402
 from seqwatch.sidecar.replay import as_feature_messages  # noqa: E402

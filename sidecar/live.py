@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import signal
@@ -60,8 +59,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -74,21 +71,19 @@ from seqwatch.sidecar.codec import (
     ErrorFrame,
     Event,
     WireError,
-    decode_event,
     decode_frame,
     encode_event,
     subscription_frame,
 )
 from seqwatch.sidecar.messages import (
-    FEATURE_ARGS,
     FEATURES_EVENT,
     NETCONTROL_TOPIC,
     FeatureMessage,
     MessageError,
     Verdict,
+    fast_feature_message,
 )
 from seqwatch.sidecar.metrics import Metrics
-from seqwatch.sidecar.schema import N_FEATURES
 from seqwatch.sidecar.tail import block_reason
 
 log = logging.getLogger("seqwatch.live")
@@ -263,83 +258,6 @@ class BlockSink(Protocol):
     def block(
         self, addr: object, reason: str, *, ttl: float | None = None, source: str = "verdict"
     ) -> Any: ...
-
-
-# -- the reader's hot path ------------------------------------------------------------------------
-_EMPTY_VECTOR = {"@data-type": "vector", "data": []}
-_HOSTS_ARG = FEATURE_ARGS.index("hosts")
-_VALUES_ARG = FEATURE_ARGS.index("values")
-
-
-def fast_feature_message(data: bytes | str) -> FeatureMessage | None:
-    """The feature chunk in a frame, decoded without a per-value walk; None if not one.
-
-    The reader's hot path: a 256-host chunk carries ~4,400 wrapped values, and walking
-    them one by one through the generic codec costs more than parsing the JSON (about
-    half the throughput). Here the envelope and the eight scalar arguments still go
-    through :func:`~seqwatch.sidecar.codec.decode_event` and
-    :meth:`FeatureMessage.from_event`; only the hosts vector and the values matrix are
-    unwrapped directly, accepting exactly what the codec accepts there (``address``
-    strings; ``real`` JSON numbers with a fraction). Anything else or anything off gives
-    None, and the caller decodes the frame generically, which says what is wrong.
-    """
-    try:
-        # orjson parses these frames twice as fast as json. It is strict RFC 8259: raw
-        # control characters (which Broker may write inside strings) and NaN/Infinity make
-        # it raise, and such a frame takes the generic codec path, which accepts the
-        # former and refuses the latter with a reason.
-        obj = orjson.loads(data)
-        if obj.get("type") != "data-message" or not isinstance(obj.get("topic"), str):
-            return None
-        envelope = obj["data"]
-        body = envelope[2]["data"]
-        args = body[1]["data"]
-        if len(args) != len(FEATURE_ARGS):
-            return None
-        hosts = _addresses(args[_HOSTS_ARG])
-        values = _real_rows(args[_VALUES_ARG])
-        if hosts is None or values is None:
-            return None
-        # The rest (a few dozen values) through the codec, with the two vectors empty.
-        light_args = list(args)
-        light_args[_HOSTS_ARG] = light_args[_VALUES_ARG] = _EMPTY_VECTOR
-        light_body = [body[0], {**body[1], "data": light_args}, *body[2:]]
-        light = {**obj, "data": [*envelope[:2], {**envelope[2], "data": light_body}]}
-        head = FeatureMessage.from_event(decode_event(light))
-        # replace() runs the checks of FeatureMessage again on the real hosts and values.
-        return dataclasses.replace(head, hosts=hosts, values=values)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
-        return None
-
-
-def _addresses(vector: Any) -> tuple[str, ...] | None:
-    if vector["@data-type"] != "vector":
-        return None
-    hosts = []
-    for item in vector["data"]:
-        text = item["data"]
-        # The codec hands the text to ipaddress, which refuses surrounding blanks.
-        if item["@data-type"] != "address" or type(text) is not str or text != text.strip():
-            return None
-        hosts.append(text)
-    return tuple(hosts)
-
-
-def _real_rows(vector: Any) -> np.ndarray | None:
-    if vector["@data-type"] != "vector":
-        return None
-    rows = vector["data"]
-    if any(row["@data-type"] != "vector" or len(row["data"]) != N_FEATURES for row in rows):
-        return None
-    # One flat pass per check: set comprehensions and map() run at C speed, which a
-    # per-cell Python loop with ifs does not (this is most of a frame's decode time).
-    cells = [cell for row in rows for cell in row["data"]]
-    if {cell["@data-type"] for cell in cells} - {"real"}:
-        return None
-    xs = [cell["data"] for cell in cells]
-    if set(map(type, xs)) - {float}:
-        return None
-    return np.array(xs, dtype=np.float64).reshape(len(rows), N_FEATURES)
 
 
 class HandshakeError(ConnectionError):

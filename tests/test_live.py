@@ -30,7 +30,6 @@ from seqwatch.sidecar.live import (
     LiveClient,
     LiveOptions,
     backoff_delays,
-    fast_feature_message,
     run_live,
 )
 from seqwatch.sidecar.messages import (
@@ -39,6 +38,7 @@ from seqwatch.sidecar.messages import (
     VERDICT_EVENT,
     FeatureMessage,
     Verdict,
+    fast_feature_message,
 )
 from seqwatch.sidecar.metrics import Metrics
 from seqwatch.sidecar.modelfile import OnnxModel
