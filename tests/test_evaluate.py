@@ -11,7 +11,8 @@ import pytest
 from seqwatch.sidecar.schema import FeatureConfig
 from seqwatch.training import dataset, metrics
 from seqwatch.training.baseline import ZScoreBaseline
-from seqwatch.training.evaluate import Detector, OnnxDetector, evaluate, write_outputs
+from seqwatch.training.evaluate import Detector, OnnxDetector, evaluate
+from seqwatch.training.report import write as write_outputs
 
 pytestmark = pytest.mark.slow
 

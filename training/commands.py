@@ -448,14 +448,14 @@ def run_evaluate(args) -> int:
         },
         "labels": args.labels,
     }
+    from seqwatch.training import report
+
     if args.out:
-        written = evaluate.write_outputs(
+        written = report.write(
             args.out, results, scores, test, title=args.title, figures=not args.no_plots
         )
         log.info("wrote %s", ", ".join(str(p) for p in written))
-    from seqwatch.training.report import table_markdown
-
-    print(table_markdown(results, args.title))
+    print(report.table_markdown(results, args.title))
     return 0
 
 

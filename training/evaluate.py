@@ -259,17 +259,3 @@ def evaluate(
 
 def _jsonable_stats(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if isinstance(v, int | float | str | bool | type(None))}
-
-
-def write_outputs(
-    out_dir: str | Path,
-    results: dict,
-    scores: dict[str, np.ndarray],
-    data: WindowSet,
-    title: str = "",
-    figures: bool = True,
-) -> list[Path]:
-    """results.json, table.md and the figures (see :mod:`seqwatch.training.report`)."""
-    from seqwatch.training import report
-
-    return report.write(out_dir, results, scores, data, title=title, figures=figures)
