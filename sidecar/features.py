@@ -286,17 +286,29 @@ class FeatureAggregator:
     """Streams :class:`ConnChunk` batches into :class:`IntervalFeatures`, in interval order.
 
     Memory holds the connections of intervals not yet emitted (about ``lateness + Δ``
-    seconds of traffic, plus connections with long removal delays) and one id per
-    distinct address seen. The aggregator keeps references to the arrays of chunks
+    seconds of traffic, plus connections with long removal delays) and an id per
+    address. The address table is compacted to the addresses of pending connections
+    once it holds more than ``address_table_limit`` entries (and twice what the last
+    compaction kept), so that a long-running tail under a spoofed-source flood stays
+    bounded. The aggregator keeps references to the arrays of chunks
     whose rows are pending instead of copying them: chunks are not to be modified
     after they were added (the readers never do).
     """
 
-    def __init__(self, config: FeatureConfig | None = None, lateness: float = DEFAULT_LATENESS):
+    def __init__(
+        self,
+        config: FeatureConfig | None = None,
+        lateness: float = DEFAULT_LATENESS,
+        address_table_limit: int = 1 << 16,
+    ):
         if lateness < 0:
             raise ValueError(f"lateness must be >= 0 seconds, got {lateness}")
+        if address_table_limit < 1:
+            raise ValueError(f"address_table_limit must be >= 1, got {address_table_limit}")
         self.config = config or FeatureConfig()
         self.lateness = float(lateness)
+        self.address_table_limit = address_table_limit
+        self._compact_at = address_table_limit
         self._ids: dict[str, int] = {}
         self._addresses: list[str] = []
         self._address_array = np.empty(0, dtype=object)  # _addresses, for fast gathers
@@ -338,10 +350,6 @@ class FeatureAggregator:
             return []
         last = max(int(p.bins.max()) for p in self._pending if len(p))
         return self._emit_through(last)
-
-    @property
-    def addresses_known(self) -> int:
-        return len(self._addresses)
 
     # -- internals --------------------------------------------------------------------
     def _global_ids(self, addresses) -> np.ndarray:
@@ -393,7 +401,33 @@ class FeatureAggregator:
         self._next_bin = max(self._next_bin or last_bin + 1, last_bin + 1)
         out = self._aggregate(_concat(done))
         self.intervals_emitted += len(out)
+        if len(self._addresses) > self._compact_at:
+            self._compact_addresses()
         return out
+
+    def _compact_addresses(self) -> None:
+        """Keep only the addresses that pending connections refer to, renumbered densely.
+
+        Emitted intervals carry address text, not ids, so ids of addresses with no pending
+        connection are free to go.
+        """
+        pieces = [p for p in self._pending if p.cols]
+        used = _distinct(
+            np.concatenate(
+                [np.empty(0, np.int64)]
+                + [p.cols[side] for p in pieces for side in ("orig", "resp")]
+            )
+        )
+        renumber = np.full(len(self._addresses), -1, dtype=np.int64)
+        renumber[used] = np.arange(len(used))
+        for p in pieces:
+            for side in ("orig", "resp"):
+                p.cols[side] = renumber[p.cols[side]]
+        kept = self._address_array[used]
+        self._addresses = kept.tolist()
+        self._ids = {addr: i for i, addr in enumerate(self._addresses)}
+        self._address_array = kept
+        self._compact_at = max(self.address_table_limit, 2 * len(used))
 
     def _local_hosts(self, orig: np.ndarray, resp: np.ndarray) -> tuple[np.ndarray, ...]:
         """Dense local ids (in global id order) of the hosts in these rows, and the hosts."""

@@ -623,3 +623,38 @@ def test_sorting_and_dense_table_paths_give_identical_intervals(monkeypatch):
         assert np.array_equal(a.values, b.values)
         assert np.array_equal(a.labels, b.labels)
         assert list(a.detailed) == list(b.detailed)
+
+
+def test_address_table_stays_bounded_under_a_spoofed_flood():
+    """Every interval brings new sources; emitted ones must not pile up in the id table,
+    and compacting it must not change a single feature."""
+    rng = random.Random(11)
+    chunks = []
+    for b in range(40):
+        rows = [
+            conn(
+                b * 10.0 + i * 0.01,
+                orig=f"198.18.{rng.randrange(256)}.{rng.randrange(256)}",
+                resp="10.0.0.5",
+                state="S0",
+                orig_ip_bytes=40,
+                orig_pkts=1,
+            )
+            for i in range(300)
+        ]
+        rows.append(conn(b * 10.0 + 5, orig="10.0.0.7", resp="10.0.0.5", duration=1.0))
+        chunks.append(chunk_from_rows(rows))
+    config = FeatureConfig(interval=10.0)
+
+    def run_with(limit):
+        agg = FeatureAggregator(config, lateness=0.0, address_table_limit=limit)
+        out = [iv for c in chunks for iv in agg.add(c)] + agg.flush()
+        return agg, {
+            (iv.bin, h): tuple(v) for iv in out for h, v in zip(iv.hosts, iv.values, strict=True)
+        }
+
+    small, got = run_with(500)
+    _, want = run_with(10**9)
+    assert got == want
+    assert len(small._addresses) <= 1000  # ~9,000 distinct sources went through
+    assert len(small._ids) == len(small._addresses)
