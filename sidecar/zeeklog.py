@@ -22,22 +22,20 @@ as 0/empty when the header lacks them, with one warning in the ProblemReport.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
+from seqwatch.sidecar import _tsvscan
 from seqwatch.sidecar.arrowcols import (
     DICT_TYPE,
     AddressCache,
     RecordColumns,
     as_dictionary,
     build_chunk,
-    gather,
     iso_seconds,
     map_distinct,
     numbers,
@@ -48,7 +46,6 @@ from seqwatch.sidecar.linebuffer import (
     BlockLines,
     LineBuffer,
     count_newlines,
-    newline_positions,
 )
 from seqwatch.sidecar.problems import (
     IGNORED,
@@ -143,23 +140,24 @@ class ZeekHeader:
 
 @dataclass
 class _TsvPlan:
-    """How to read data lines under one header: Arrow options and where each field is."""
+    """How to read data lines under one header: which fields to scan, and as what."""
 
-    column_names: list[str]
-    column_of: dict[str, str]  # logical field -> Arrow column holding it
-    compound: dict[str, list[str]]  # Arrow column -> the logical fields packed in it
+    n_fields: int
+    column_of: dict[str, str]  # logical field -> column (header field) holding it
+    compound: dict[str, list[str]]  # column -> the logical fields packed in it
     missing: list[str]  # feature fields the header lacks
-    convert_fast: pacsv.ConvertOptions = field(repr=False)
-    convert_raw: pacsv.ConvertOptions = field(repr=False)
+    scan: list[tuple[int, int]]  # (field index, _tsvscan kind), in field order
+    scan_names: list[str]  # the column of each scanned field
+    names: dict[str, str]  # column -> conn.log field name, for messages
 
 
 def _plan(header: ZeekHeader, where: str) -> _TsvPlan:
-    """Arrow options for the current header; InputError if a required field is missing."""
+    """What to scan under the current header; InputError if a required field is missing."""
     if header.fields is None:
         raise InputError("data line before any #fields header line", where=where, kind="header")
-    if len(header.separator) != 1:
+    if len(header.separator) != 1 or not header.separator.isascii() or header.separator == "\n":
         raise InputError(
-            f"unsupported #separator {header.separator!r} (one character expected)",
+            f"unsupported #separator {header.separator!r} (one ASCII character expected)",
             where=where,
             kind="header",
         )
@@ -190,44 +188,23 @@ def _plan(header: ZeekHeader, where: str) -> _TsvPlan:
             where=where,
             kind="header",
         )
-    numeric = {column_of[f] for f in NUMERIC_FIELDS if f in column_of}
-    text = {column_of[f] for f in ("uid",) if f in column_of}
-    wanted = (
-        "id.orig_h",
-        "id.resp_h",
-        "proto",
-        "service",
-        "conn_state",
-        *LABEL_FIELDS,
-        *DETAILED_LABEL_FIELDS,
-    )
-    # Few distinct values (or addresses, canonicalized per distinct value): dictionaries.
-    dictionary = {column_of[f] for f in wanted if f in column_of} - text
-    include = [n for n in names if n in numeric | text | dictionary]
-    fast_types = {n: pa.float64() for n in numeric}
-    fast_types.update({n: pa.string() for n in text})
-    fast_types.update({n: DICT_TYPE for n in dictionary})
-    # The fallback reads every column as raw bytes, dictionary-encoded, so that bad numbers
-    # and invalid UTF-8 can be found per distinct value and pinned to their rows.
-    raw_types = {n: _RAW_DICT_TYPE for n in include}
-
-    def convert(types: dict[str, pa.DataType], check_utf8: bool) -> pacsv.ConvertOptions:
-        return pacsv.ConvertOptions(
-            column_types=types,
-            include_columns=include,
-            null_values=[header.unset_field, header.empty_field],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-            check_utf8=check_utf8,
-        )
-
+    kinds = {column_of[f]: _tsvscan.NUMBER for f in NUMERIC_FIELDS if f in column_of}
+    # Few distinct values (or addresses, canonicalized per distinct value): coded text.
+    coded = ("id.orig_h", "id.resp_h", "proto", "service", "conn_state")
+    for f in (*coded, *LABEL_FIELDS, *DETAILED_LABEL_FIELDS):
+        if f in column_of:
+            kinds.setdefault(column_of[f], _tsvscan.DISTINCT)
+    if "uid" in column_of:
+        kinds.setdefault(column_of["uid"], _tsvscan.TEXT)  # one per row: no coding
+    scanned = [(i, name) for i, name in enumerate(names) if name in kinds]
     return _TsvPlan(
-        column_names=names,
+        n_fields=len(names),
         column_of=column_of,
         compound=compound,
         missing=[f for f in FEATURE_FIELDS if f not in column_of],
-        convert_fast=convert(fast_types, True),
-        convert_raw=convert(raw_types, False),
+        scan=[(i, kinds[name]) for i, name in scanned],
+        scan_names=[name for _, name in scanned],
+        names={c: f for f, c in reversed(column_of.items())},
     )
 
 
@@ -267,18 +244,28 @@ def _text_fields(
     return fields
 
 
-_RAW_DICT_TYPE = pa.dictionary(pa.int32(), pa.binary())
-_CSV_BLOCK_BYTES = 1 << 20
-"""Arrow parses a chunk in blocks of this size: small enough to stay in the CPU cache."""
-_NUMBER = r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
-
-
 def _is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _arrow_text(count: int, offsets: bytearray, data: bytearray) -> pa.StringArray:
+    """Scanned text in Arrow's string layout as an Arrow array (the scanner checked UTF-8)."""
+    # from_buffers, not pa.array(...): the latter imports pandas to look for its types.
+    return pa.Array.from_buffers(
+        pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def _arrow_coded(codes: bytearray, distinct: tuple[int, bytearray, bytearray]) -> pa.Array:
+    """Scanned DISTINCT codes and values as an Arrow dictionary array."""
+    n = len(codes) // 4
+    return pa.DictionaryArray.from_buffers(
+        DICT_TYPE, n, [None, pa.py_buffer(codes)], _arrow_text(*distinct)
+    )
 
 
 def _comment_lines(block: bytes) -> Iterator[tuple[int, int]]:
@@ -331,27 +318,6 @@ class _TsvDecoder:
             chunks += self._decode_run(run, line, count_newlines(run))
         return chunks
 
-    def _handler(self, row: pacsv.InvalidRow) -> str:
-        self._invalid.append((row.number, row.expected_columns, row.actual_columns, row.text))
-        return "skip"
-
-    def _read(self, run: bytes, convert: pacsv.ConvertOptions) -> pa.Table:
-        plan = self.plan
-        self._invalid.clear()
-        read = pacsv.ReadOptions(
-            column_names=plan.column_names, use_threads=False, block_size=_CSV_BLOCK_BYTES
-        )
-        parse = pacsv.ParseOptions(
-            delimiter=self.header.separator,
-            quote_char=False,
-            double_quote=False,
-            escape_char=False,
-            newlines_in_values=False,
-            ignore_empty_lines=True,
-            invalid_row_handler=self._handler,
-        )
-        return pacsv.read_csv(pa.BufferReader(run), read, parse, convert)
-
     def _decode_run(self, run: bytes, first_line: int, n_lines: int) -> list[ConnChunk]:
         parser = self.parser
         findings: list[Finding] = []
@@ -367,140 +333,73 @@ class _TsvDecoder:
                     )
                 )
         plan = self.plan
-        typed = True
-        try:
-            table = self._read(run, plan.convert_fast)
-        except pa.ArrowInvalid as exc:
-            if "conversion error" not in str(exc):
-                raise InputError(
-                    f"cannot parse: {exc}", where=f"{parser.source}:{first_line}"
-                ) from None
-            typed = False
-            table = self._read(run, plan.convert_raw)
-
-        # Physical line (0-based in the run) of each row Arrow returned. Arrow skips empty
-        # lines and numbers rows among the others; the counts tell whether there were any.
-        if table.num_rows + len(self._invalid) == n_lines:
-            rows_at = np.arange(n_lines)
-        else:
-            ends = newline_positions(run)
-            starts = np.concatenate(([0], ends[:-1] + 1))
-            lengths = ends - starts
-            empty = (lengths == 0) | ((lengths == 1) & (np.frombuffer(run, np.uint8)[starts] == 13))
-            rows_at = np.flatnonzero(~empty)
-            if empty.any():
-                findings.append(
-                    Finding(
-                        "empty_line",
-                        first_line + int(np.flatnonzero(empty)[0]),
-                        "empty line",
-                        count=int(empty.sum()),
-                        severity=IGNORED,
-                    )
-                )
-        if self._invalid:
-            numbers_bad = np.array([r[0] - 1 for r in self._invalid], dtype=np.int64)
-            number, expected, actual, text = self._invalid[0]
-            findings.append(
-                Finding(
-                    "field_count",
-                    first_line + int(rows_at[number - 1]),
-                    f"{actual} fields where #fields has {expected}",
-                    text,
-                    count=len(self._invalid),
-                )
-            )
-            rows_at = np.delete(rows_at, numbers_bad)
-        if len(rows_at) != table.num_rows:
-            raise InputError(
-                f"line accounting failed ({len(rows_at)} lines, {table.num_rows} rows)",
-                where=f"{parser.source}:{first_line}",
-            )
-        lines = first_line + rows_at
+        header = self.header
+        rows, rows_at, wrong, wrong_fields, empty, scanned = _tsvscan.scan(
+            run,
+            ord(header.separator),
+            plan.n_fields,
+            plan.scan,
+            header.unset_field.encode(),
+            header.empty_field.encode(),
+        )
+        lines = first_line + np.frombuffer(rows_at, dtype=np.int32).astype(np.int64)
         block_lines = BlockLines(run, first_line)
 
         def line_text(i: int) -> bytes:
             return block_lines.text(lines[i])
 
-        drop = None
-        columns = {name: table.column(name) for name in table.column_names}
-        if not typed:
-            columns, drop = self._check_raw(columns, lines, line_text, findings)
-        chunk = self._assemble(columns, lines, line_text, findings, drop)
-        settle(findings, parser.report, parser.source, parser.strict)
-        return [chunk] if chunk is not None else []
-
-    def _check_raw(
-        self,
-        columns: dict[str, pa.ChunkedArray],
-        lines: np.ndarray,
-        line_text: Callable[[int], bytes],
-        findings: list[Finding],
-    ) -> tuple[dict[str, pa.Array], np.ndarray]:
-        """Slow path for a block that Arrow could not convert (rare): find the bad rows.
-
-        Every column arrives as dictionary-encoded bytes. Each distinct value is checked
-        once (valid UTF-8; a number where a number belongs); rows holding a bad value are
-        dropped with a finding, and the columns come back typed as on the fast path.
-        """
-        plan = self.plan
-        unset = self.header.unset_values
-        numeric = {plan.column_of[f]: f for f in NUMERIC_FIELDS if f in plan.column_of}
-        number = re.compile(_NUMBER)
-        drop = np.zeros(len(lines), dtype=bool)
-        typed: dict[str, pa.Array] = {}
-        for column, chunked in columns.items():
-            arr = as_dictionary(chunked)
-            name = numeric.get(column) or self._field_of(column)
-            values: list[object] = []
-            bad: list[bool] = []
-            for raw in arr.dictionary.to_pylist():
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    values.append(None)
-                    bad.append(True)
-                    continue
-                if column not in numeric:
-                    values.append(text)
-                    bad.append(False)
-                elif text in unset:
-                    values.append(None)
-                    bad.append(False)
-                else:
-                    ok = number.match(text) is not None
-                    values.append(float(text) if ok else None)
-                    bad.append(not ok)
-            rows = gather(np.array(bad, dtype=bool), arr, False)
-            fresh = np.flatnonzero(rows & ~drop)
+        empty = np.frombuffer(empty, dtype=np.int32)
+        if empty.size:
+            findings.append(
+                Finding(
+                    "empty_line",
+                    first_line + int(empty[0]),
+                    "empty line",
+                    count=int(empty.size),
+                    severity=IGNORED,
+                )
+            )
+        wrong = np.frombuffer(wrong, dtype=np.int32)
+        if wrong.size:
+            findings.append(
+                Finding(
+                    "field_count",
+                    first_line + int(wrong[0]),
+                    f"{wrong_fields} fields where #fields has {plan.n_fields}",
+                    block_lines.text(first_line + int(wrong[0])),
+                    count=int(wrong.size),
+                )
+            )
+        if not rows:
+            settle(findings, parser.report, parser.source, parser.strict)
+            return []
+        drop = np.zeros(rows, dtype=bool)
+        columns: dict[str, np.ndarray | pa.Array] = {}
+        for (index, kind), name, (values, extra, bad) in zip(
+            plan.scan, plan.scan_names, scanned, strict=True
+        ):
+            bad = np.frombuffer(bad, dtype=np.int32)
+            if kind == _tsvscan.NUMBER:
+                columns[name] = np.frombuffer(values, dtype=np.float64)
+            elif kind == _tsvscan.DISTINCT:
+                columns[name] = _arrow_coded(values, extra)
+            else:
+                columns[name] = _arrow_text(rows, values, extra)
+            fresh = bad[~drop[bad]] if bad.size else bad
             if fresh.size:
                 first = int(fresh[0])
-                raw = arr.dictionary[arr.indices[first].as_py()].as_py()
-                text = raw.decode() if _is_utf8(raw) else None
-                reason = (
-                    f"{name} is not valid UTF-8"
-                    if text is None
-                    else f"{name} is not a number: {text!r}"
-                )
+                reason = f"{plan.names[name]} is not valid UTF-8"
+                if kind == _tsvscan.NUMBER:
+                    field_text = line_text(first).split(header.separator.encode())[index]
+                    if _is_utf8(field_text):
+                        reason = f"{plan.names[name]} is not a number: {field_text.decode()!r}"
                 findings.append(
-                    Finding(
-                        "bad_value", int(lines[first]), reason, line_text(first), int(fresh.size)
-                    )
+                    Finding("bad_value", int(lines[first]), reason, line_text(first), fresh.size)
                 )
-                drop |= rows
-            value_type = pa.float64() if column in numeric else pa.string()
-            dictionary = pa.array(values, value_type)
-            if column in numeric:
-                typed[column] = pc.take(dictionary, arr.indices)
-            else:
-                # Invalid text becomes "" so later stages see valid strings; its rows are dropped.
-                dictionary = pc.fill_null(dictionary, "")
-                typed[column] = pa.DictionaryArray.from_arrays(arr.indices, dictionary)
-        return typed, drop
-
-    def _field_of(self, column: str) -> str:
-        """The conn.log field name read from an Arrow column (for messages)."""
-        return next((f for f, c in self.plan.column_of.items() if c == column), column)
+                drop[fresh] = True
+        chunk = self._assemble(columns, lines, line_text, findings, drop if drop.any() else None)
+        settle(findings, parser.report, parser.source, parser.strict)
+        return [chunk] if chunk is not None else []
 
     def _assemble(
         self,
@@ -539,7 +438,7 @@ class _TsvDecoder:
 
         def number(name: str) -> np.ndarray:
             arr = get(name)
-            return np.full(n, np.nan) if arr is None else numbers(arr)
+            return np.full(n, np.nan) if arr is None else arr
 
         label = next((get(f) for f in LABEL_FIELDS if get(f) is not None), None)
         detailed = next((get(f) for f in DETAILED_LABEL_FIELDS if get(f) is not None), None)
