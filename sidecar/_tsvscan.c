@@ -11,7 +11,10 @@
  *   DISTINCT text -> int32 code into the distinct values of the block (Arrow string
  *           layout), so that Python looks at each distinct value once (addresses,
  *           states, labels);
- *   TEXT    text -> Arrow string layout (int32 offsets + data).
+ *   TEXT    text -> Arrow string layout (int32 offsets + data);
+ *   INTERNED text -> int32 code into an Interner that outlives the call: a reader's
+ *           addresses, so that Python looks at each address text once per run, not
+ *           once per block.
  *
  * Text that is not UTF-8 is stored as "" and its row reported, as a bad number is.
  *
@@ -24,8 +27,11 @@
 
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
-enum { KIND_NUMBER = 0, KIND_DISTINCT = 1, KIND_TEXT = 2 };
+enum { KIND_NUMBER = 0, KIND_DISTINCT = 1, KIND_TEXT = 2, KIND_INTERNED = 3 };
 
 /* ---- numbers ---------------------------------------------------------------------- */
 
@@ -45,40 +51,23 @@ static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
 static int parse_number(const char *s, Py_ssize_t len, double *out) {
     const char *p = s, *end = s + len;
     int negative = 0;
-    uint64_t mantissa = 0;
-    int digits = 0, frac_digits = 0, exact = 1;
+    uint64_t mantissa = 0; /* wraps past 19 digits; then only the slow path is used */
 
     if (p < end && *p == '-') {
         negative = 1;
         p++;
     }
     const char *int_start = p;
-    while (p < end && (unsigned char)(*p - '0') < 10) {
-        if (digits < 19) {
-            mantissa = mantissa * 10 + (uint64_t)(*p - '0');
-            if (mantissa || digits) digits++; /* leading zeros are not significant */
-        } else {
-            exact = 0;
-        }
-        p++;
-    }
+    while (p < end && (unsigned char)(*p - '0') < 10) mantissa = mantissa * 10 + (*p++ - '0');
     Py_ssize_t int_len = p - int_start;
     Py_ssize_t frac_len = 0;
     if (p < end && *p == '.') {
-        p++;
-        const char *frac_start = p;
-        while (p < end && (unsigned char)(*p - '0') < 10) {
-            if (digits < 19) {
-                mantissa = mantissa * 10 + (uint64_t)(*p - '0');
-                if (mantissa || digits) digits++;
-                frac_digits++;
-            } else {
-                exact = 0;
-            }
-            p++;
-        }
+        const char *frac_start = ++p;
+        while (p < end && (unsigned char)(*p - '0') < 10) mantissa = mantissa * 10 + (*p++ - '0');
         frac_len = p - frac_start;
     }
+    int exact = int_len + frac_len <= 19;
+    int frac_digits = (int)frac_len;
     if (int_len == 0 && frac_len == 0) return -1;
     if (p < end && (*p == 'e' || *p == 'E')) {
         p++;
@@ -158,45 +147,57 @@ static int ascii_only(const unsigned char *s, Py_ssize_t len) {
 
 /* ---- growable buffers ------------------------------------------------------------- */
 
+/* Bytes written straight into a bytearray, handed to Python without a copy. */
 typedef struct {
+    PyObject *obj;
     char *data;
     Py_ssize_t len, cap;
 } Buf;
 
-static int buf_reserve(Buf *b, Py_ssize_t extra) {
-    if (b->len + extra <= b->cap) return 0;
+static int buf_grow(Buf *b, Py_ssize_t need) {
     Py_ssize_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra) cap *= 2;
-    char *data = PyMem_Realloc(b->data, (size_t)cap);
-    if (data == NULL) {
-        PyErr_NoMemory();
+    while (cap < need) cap *= 2;
+    if (b->obj == NULL) {
+        b->obj = PyByteArray_FromStringAndSize(NULL, cap);
+        if (b->obj == NULL) return -1;
+    } else if (PyByteArray_Resize(b->obj, cap) < 0) {
         return -1;
     }
-    b->data = data;
+    b->data = PyByteArray_AS_STRING(b->obj);
     b->cap = cap;
     return 0;
 }
 
-static int buf_put(Buf *b, const void *src, Py_ssize_t n) {
-    if (buf_reserve(b, n) < 0) return -1;
+static inline int buf_put(Buf *b, const void *src, Py_ssize_t n) {
+    if (n == 0) return 0;
+    if (b->len + n > b->cap && buf_grow(b, b->len + n) < 0) return -1;
     memcpy(b->data + b->len, src, (size_t)n);
     b->len += n;
     return 0;
 }
 
+/* The bytearray, cut to what was written (a new reference), or NULL on error. */
 static PyObject *buf_finish(Buf *b) {
-    PyObject *out = PyByteArray_FromStringAndSize(b->data ? b->data : "", b->len);
-    PyMem_Free(b->data);
+    if (b->obj == NULL) return PyByteArray_FromStringAndSize(NULL, 0);
+    if (PyByteArray_Resize(b->obj, b->len) < 0) return NULL;
+    PyObject *out = b->obj;
+    b->obj = NULL;
     b->data = NULL;
     b->len = b->cap = 0;
     return out;
+}
+
+static void buf_free(Buf *b) {
+    Py_CLEAR(b->obj);
+    b->data = NULL;
+    b->len = b->cap = 0;
 }
 
 /* ---- distinct values -------------------------------------------------------------- */
 
 typedef struct {
     uint64_t hash;
-    const char *text; /* points into the scanned block */
+    Py_ssize_t at; /* where the value's bytes are in the table's ``raw`` copy */
     Py_ssize_t len;
     int32_t code; /* -1: empty slot */
 } Slot;
@@ -205,22 +206,52 @@ typedef struct {
     Slot *slots;
     Py_ssize_t mask;  /* capacity - 1, capacity a power of two */
     int32_t count;
+    const char *last_text; /* the previous row's value: proto, state and service repeat */
+    Py_ssize_t last_len;
+    int32_t last_code;
+    Buf raw;          /* every value's bytes, in code order (the table outlives blocks) */
     Buf offsets;      /* the distinct values in Arrow string layout, in code order */
     Buf text;
     Buf invalid;      /* uint8 per code: 1 if the value is not UTF-8 (stored as "") */
 } Distinct;
 
-static uint64_t hash_bytes(const char *s, Py_ssize_t len) {
-    /* FNV-1a, then a final mix so that the low bits (the slot index) depend on all bytes. */
-    uint64_t h = UINT64_C(1469598103934665603);
-    for (Py_ssize_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= UINT64_C(1099511628211);
+static inline uint64_t load8(const char *s) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return w;
+}
+
+static inline uint64_t load_partial(const char *s, Py_ssize_t n) {
+    uint64_t w = 0;
+    for (Py_ssize_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)s[i] << (8 * i);
+    return w;
+}
+
+/* Eight bytes per multiply: the distinct columns hash every row's field. */
+static inline uint64_t hash_bytes(const char *s, Py_ssize_t len) {
+    const uint64_t k = UINT64_C(0x9E3779B97F4A7C15);
+    uint64_t h = (uint64_t)len * k;
+    while (len >= 8) {
+        h = (h ^ load8(s)) * k;
+        h ^= h >> 31;
+        s += 8;
+        len -= 8;
     }
+    if (len) h = (h ^ load_partial(s, len)) * k;
     h ^= h >> 29;
     h *= UINT64_C(0xbf58476d1ce4e5b9);
     h ^= h >> 32;
     return h;
+}
+
+static inline int same_bytes(const char *a, const char *b, Py_ssize_t len) {
+    while (len >= 8) {
+        if (load8(a) != load8(b)) return 0;
+        a += 8;
+        b += 8;
+        len -= 8;
+    }
+    return len == 0 || load_partial(a, len) == load_partial(b, len);
 }
 
 static int distinct_init(Distinct *d) {
@@ -239,9 +270,10 @@ static int distinct_init(Distinct *d) {
 
 static void distinct_free(Distinct *d) {
     PyMem_Free(d->slots);
-    PyMem_Free(d->offsets.data);
-    PyMem_Free(d->text.data);
-    PyMem_Free(d->invalid.data);
+    buf_free(&d->raw);
+    buf_free(&d->offsets);
+    buf_free(&d->text);
+    buf_free(&d->invalid);
     memset(d, 0, sizeof(*d));
 }
 
@@ -267,17 +299,38 @@ static int distinct_grow(Distinct *d) {
 }
 
 /* The code of a text, adding it if new; -1 with an exception set on failure. */
-static int32_t distinct_code(Distinct *d, const char *text, Py_ssize_t len) {
+static inline int32_t distinct_insert(Distinct *d, const char *text, Py_ssize_t len);
+
+static inline int32_t distinct_code(Distinct *d, const char *text, Py_ssize_t len) {
+    if (d->last_text != NULL && len == d->last_len && same_bytes(d->last_text, text, len)) {
+        return d->last_code;
+    }
+    int32_t code = distinct_insert(d, text, len);
+    d->last_text = text;
+    d->last_len = len;
+    d->last_code = code;
+    return code;
+}
+
+static int32_t distinct_add(Distinct *d, const char *text, Py_ssize_t len, uint64_t h,
+                            Py_ssize_t j);
+
+/* Looking up is the common case, adding the rare one: only the first is inlined. */
+static inline int32_t distinct_insert(Distinct *d, const char *text, Py_ssize_t len) {
     uint64_t h = hash_bytes(text, len);
     Py_ssize_t j = (Py_ssize_t)(h & (uint64_t)d->mask);
     for (;;) {
         Slot *s = &d->slots[j];
-        if (s->code < 0) break;
-        if (s->hash == h && s->len == len && memcmp(s->text, text, (size_t)len) == 0) {
+        if (s->code < 0) return distinct_add(d, text, len, h, j);
+        if (s->hash == h && s->len == len && same_bytes(d->raw.data + s->at, text, len)) {
             return s->code;
         }
         j = (j + 1) & d->mask;
     }
+}
+
+static int32_t distinct_add(Distinct *d, const char *text, Py_ssize_t len, uint64_t h,
+                            Py_ssize_t j) {
     int32_t n = d->count;
     if (n == INT32_MAX) {
         PyErr_SetString(PyExc_OverflowError, "too many distinct values in one block");
@@ -290,6 +343,8 @@ static int32_t distinct_code(Distinct *d, const char *text, Py_ssize_t len) {
         PyErr_SetString(PyExc_OverflowError, "distinct values over 2 GiB in one block");
         return -1;
     }
+    Py_ssize_t at = d->raw.len;
+    if (buf_put(&d->raw, text, len) < 0) return -1;
     if (buf_put(&d->text, text, stored) < 0) return -1;
     int32_t offset = (int32_t)d->text.len;
     if (buf_put(&d->offsets, &offset, sizeof(offset)) < 0) return -1;
@@ -297,58 +352,203 @@ static int32_t distinct_code(Distinct *d, const char *text, Py_ssize_t len) {
     d->count++;
     Slot *s = &d->slots[j];
     s->hash = h;
-    s->text = text;
+    s->at = at;
     s->len = len;
     s->code = n;
     if (((Py_ssize_t)n + 1) * 2 > d->mask + 1 && distinct_grow(d) < 0) return -1;
     return n;
 }
 
+/* ---- the interner: distinct values kept across blocks ----------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Distinct table;
+    int32_t reported; /* codes below this were handed out by take_new */
+} Interner;
+
+static PyObject *interner_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    if (!PyArg_ParseTuple(args, ":Interner") || (kwargs && PyDict_GET_SIZE(kwargs))) {
+        PyErr_SetString(PyExc_TypeError, "Interner() takes no arguments");
+        return NULL;
+    }
+    Interner *self = (Interner *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    if (distinct_init(&self->table) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void interner_dealloc(Interner *self) {
+    distinct_free(&self->table);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t interner_len(Interner *self) { return self->table.count; }
+
+static PyObject *interner_clear(Interner *self, PyObject *unused) {
+    (void)unused;
+    distinct_free(&self->table);
+    self->reported = 0;
+    if (distinct_init(&self->table) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Is the text a dotted quad exactly as Python's ipaddress prints it (no leading zeros)? */
+static int plain_ipv4(const char *s, Py_ssize_t len) {
+    const char *p = s, *end = s + len;
+    for (int octet = 0; octet < 4; octet++) {
+        if (octet && (p == end || *p++ != '.')) return 0;
+        const char *start = p;
+        int value = 0;
+        while (p < end && (unsigned char)(*p - '0') < 10 && p - start < 3) {
+            value = value * 10 + (*p++ - '0');
+        }
+        Py_ssize_t digits = p - start;
+        if (digits == 0 || value > 255 || (digits > 1 && *start == '0')) return 0;
+    }
+    return p == end;
+}
+
+static PyObject *interner_take_new(Interner *self, PyObject *unused) {
+    (void)unused;
+    Distinct *d = &self->table;
+    const int32_t *offsets = (const int32_t *)d->offsets.data;
+    Py_ssize_t n = d->count - self->reported;
+    PyObject *texts = PyList_New(n);
+    int all_plain = 1;
+    if (texts == NULL) return NULL;
+    for (int32_t code = self->reported; code < d->count; code++) {
+        PyObject *text;
+        if (d->invalid.data[code]) {
+            text = Py_None;
+            Py_INCREF(text);
+            all_plain = 0;
+        } else {
+            const char *start = d->text.data + offsets[code];
+            Py_ssize_t len = offsets[code + 1] - offsets[code];
+            all_plain = all_plain && plain_ipv4(start, len);
+            text = PyUnicode_DecodeUTF8(start, len, "strict");
+            if (text == NULL) {
+                Py_DECREF(texts);
+                return NULL;
+            }
+        }
+        PyList_SET_ITEM(texts, code - self->reported, text);
+    }
+    self->reported = d->count;
+    return Py_BuildValue("(NO)", texts, all_plain ? Py_True : Py_False);
+}
+
+static PyObject *interner_intern(Interner *self, PyObject *texts) {
+    PyObject *seq = PySequence_Fast(texts, "intern() wants a sequence of str");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Buf codes = {0};
+    self->table.last_text = NULL; /* the cache points into the caller's memory */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        const char *text = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &len);
+        if (text == NULL) goto fail;
+        int32_t code = distinct_code(&self->table, text, len);
+        if (code < 0 || buf_put(&codes, &code, sizeof(code)) < 0) goto fail;
+    }
+    self->table.last_text = NULL;
+    Py_DECREF(seq);
+    return buf_finish(&codes);
+fail:
+    self->table.last_text = NULL;
+    buf_free(&codes);
+    Py_DECREF(seq);
+    return NULL;
+}
+
+static PyMethodDef interner_methods[] = {
+    {"clear", (PyCFunction)interner_clear, METH_NOARGS, "Forget every value."},
+    {"take_new", (PyCFunction)interner_take_new, METH_NOARGS,
+     "``(texts, all_plain)``: the values added since the last call, in code order (str,\n"
+     "or None where the bytes are not UTF-8), and whether every one is an IPv4 address\n"
+     "written as ipaddress writes it (four decimal octets, no leading zeros)."},
+    {"intern", (PyCFunction)interner_intern, METH_O,
+     "int32 codes (a bytearray) of a sequence of str, adding the new ones."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods interner_as_sequence = {
+    .sq_length = (lenfunc)interner_len,
+};
+
+static PyTypeObject InternerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "seqwatch.sidecar._tsvscan.Interner",
+    .tp_basicsize = sizeof(Interner),
+    .tp_dealloc = (destructor)interner_dealloc,
+    .tp_as_sequence = &interner_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Distinct texts numbered in order of first sight, kept across scans.\n\n"
+              "A reader's address columns are coded against one Interner, so that each\n"
+              "address text is looked at in Python once, not once per block.",
+    .tp_methods = interner_methods,
+    .tp_new = interner_new,
+};
+
 /* ---- one requested column --------------------------------------------------------- */
 
 typedef struct {
     int kind;
-    Buf values;   /* NUMBER: double[rows]; DISTINCT: int32[rows]; TEXT: int32 offsets */
+    Buf values;   /* NUMBER: double[rows]; DISTINCT, INTERNED: int32[rows]; TEXT: offsets */
     Buf text;     /* TEXT: the bytes */
     Buf bad;      /* int32 rows holding a value that is not a number / not UTF-8 */
-    Distinct distinct;
+    Distinct distinct;  /* DISTINCT: this block's values */
+    Distinct *table;    /* DISTINCT: &distinct; INTERNED: the Interner's, kept across blocks */
 } Column;
 
-static int column_init(Column *c, int kind) {
+/* ``rows`` is the expected number of rows: reserving it up front saves the copies of
+ * growing (the buffers still grow if a caller's hint was short). */
+static int column_init(Column *c, int kind, Py_ssize_t rows, Distinct *interned) {
     memset(c, 0, sizeof(*c));
     c->kind = kind;
-    if (kind == KIND_DISTINCT) return distinct_init(&c->distinct);
+    if (kind == KIND_DISTINCT || kind == KIND_INTERNED) {
+        if (kind == KIND_DISTINCT && distinct_init(&c->distinct) < 0) return -1;
+        c->table = kind == KIND_DISTINCT ? &c->distinct : interned;
+        return buf_grow(&c->values, rows * (Py_ssize_t)sizeof(int32_t));
+    }
     if (kind == KIND_TEXT) {
         int32_t zero = 0;
+        if (buf_grow(&c->values, (rows + 1) * (Py_ssize_t)sizeof(int32_t)) < 0) return -1;
         return buf_put(&c->values, &zero, sizeof(zero));
     }
-    return 0;
+    return buf_grow(&c->values, rows * (Py_ssize_t)sizeof(double));
 }
 
 static void column_free(Column *c) {
-    PyMem_Free(c->values.data);
-    PyMem_Free(c->text.data);
-    PyMem_Free(c->bad.data);
+    buf_free(&c->values);
+    buf_free(&c->text);
+    buf_free(&c->bad);
     if (c->kind == KIND_DISTINCT) distinct_free(&c->distinct);
 }
 
-static int column_add(Column *c, const char *s, Py_ssize_t len, int32_t row, const char *unset,
+static inline int column_add(Column *c, const char *s, Py_ssize_t len, int32_t row, const char *unset,
                       Py_ssize_t unset_len, const char *empty, Py_ssize_t empty_len) {
     switch (c->kind) {
     case KIND_NUMBER: {
         double value = Py_NAN;
-        int missing = len == 0 || (len == unset_len && memcmp(s, unset, (size_t)len) == 0) ||
-                      (len == empty_len && memcmp(s, empty, (size_t)len) == 0);
+        int missing = len == 0 || (len == unset_len && same_bytes(s, unset, len)) ||
+                      (len == empty_len && same_bytes(s, empty, len));
         if (!missing && parse_number(s, len, &value) < 0) {
             value = Py_NAN;
             if (buf_put(&c->bad, &row, sizeof(row)) < 0) return -1;
         }
         return buf_put(&c->values, &value, sizeof(value));
     }
-    case KIND_DISTINCT: {
-        int32_t code = distinct_code(&c->distinct, s, len);
+    case KIND_DISTINCT:
+    case KIND_INTERNED: {
+        int32_t code = distinct_code(c->table, s, len);
         if (code < 0) return -1;
-        if (c->distinct.invalid.data[code] && buf_put(&c->bad, &row, sizeof(row)) < 0) return -1;
+        if (c->table->invalid.data[code] && buf_put(&c->bad, &row, sizeof(row)) < 0) {
+            return -1;
+        }
         return buf_put(&c->values, &code, sizeof(code));
     }
     default: {
@@ -398,20 +598,59 @@ static PyObject *column_result(Column *c) {
 
 /* ---- the scan ---------------------------------------------------------------------- */
 
+/* Where the wanted fields of one line are; returns the line's field count. */
+static inline Py_ssize_t split_line(const char *p, const char *stop, const char *block_end,
+                                    char sep, const Py_ssize_t *slot_of, Py_ssize_t n_fields,
+                                    const char **starts, Py_ssize_t *lens) {
+    Py_ssize_t field = 0;
+    const char *start = p, *q = p;
+#define SEQWATCH_FIELD_END(at)                                     \
+    do {                                                           \
+        if (field < n_fields && slot_of[field] >= 0) {             \
+            starts[slot_of[field]] = start;                        \
+            lens[slot_of[field]] = (at) - start;                   \
+        }                                                          \
+        field++;                                                   \
+        start = (at) + 1;                                          \
+    } while (0)
+#ifdef __SSE2__
+    /* Sixteen bytes per compare; a load never passes the end of the block. */
+    const __m128i wanted = _mm_set1_epi8(sep);
+    for (; q < stop && block_end - q >= 16; q += 16) {
+        __m128i chunk = _mm_loadu_si128((const __m128i *)q);
+        unsigned mask = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(chunk, wanted));
+        if (stop - q < 16) mask &= (1u << (stop - q)) - 1;
+        while (mask) {
+            const char *at = q + __builtin_ctz(mask);
+            mask &= mask - 1;
+            SEQWATCH_FIELD_END(at);
+        }
+    }
+#endif
+    for (; q < stop; q++) {
+        if (*q == sep) SEQWATCH_FIELD_END(q);
+    }
+    SEQWATCH_FIELD_END(stop);
+#undef SEQWATCH_FIELD_END
+    return field;
+}
+
 PyDoc_STRVAR(scan_doc,
-"scan(block, separator, n_fields, columns, unset, empty)\n"
+"scan(block, separator, n_fields, columns, unset, empty, rows_hint=1024, interner=None)\n"
 "--\n\n"
 "Split the lines of ``block`` on ``separator`` and convert the requested fields.\n\n"
-"``columns`` is a sequence of ``(field_index, kind)`` with kind 0 (number), 1 (distinct\n"
-"text) or 2 (text). ``unset`` and ``empty`` are the texts that mean \"no value\" in a\n"
-"number field (an empty field does too).\n\n"
+"``columns`` is a sequence of ``(field_index, kind)``, kind one of NUMBER, DISTINCT,\n"
+"TEXT and INTERNED (coded against ``interner``, across calls). ``unset`` and ``empty``\n"
+"are the texts that mean \"no value\" in a number field (an empty field does too).\n"
+"``rows_hint``, the expected number of rows, sizes the outputs.\n\n"
 "Returns ``(rows, line_of_row, wrong_lines, wrong_first_count, empty_lines, results)``:\n"
 "the number of rows read; int32 line index (0-based in the block) of each row; int32\n"
 "indices of the lines whose field count is not ``n_fields`` and the count of the first\n"
-"of them; int32 indices of empty lines; one ``(values, extra, bad_rows)`` per column:\n"
-"values float64 (NaN where unset or bad) / int32 codes / int32 offsets; extra None /\n"
-"``(count, int32 offsets, bytes)`` of the distinct values / the text bytes; bad_rows\n"
-"int32, the rows whose field is not a number / not UTF-8.");
+"of them; int32 indices of empty lines; one ``(values, extra, bad_rows)`` per column.\n"
+"values: float64 (NaN where unset or bad) / int32 codes / int32 offsets (TEXT).\n"
+"extra: None (NUMBER, INTERNED) / ``(count, int32 offsets, bytes)`` of the distinct\n"
+"values (DISTINCT) / the text bytes (TEXT). bad_rows: int32, the rows whose field is\n"
+"not a number / not UTF-8.");
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer block;
@@ -421,9 +660,21 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     const char *unset, *empty;
     Py_ssize_t unset_len, empty_len;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*inOy#y#", &block, &separator, &n_fields, &spec, &unset,
-                          &unset_len, &empty, &empty_len)) {
+    Py_ssize_t rows_hint = 1024;
+    PyObject *interner = Py_None;
+    if (!PyArg_ParseTuple(args, "y*inOy#y#|nO", &block, &separator, &n_fields, &spec, &unset,
+                          &unset_len, &empty, &empty_len, &rows_hint, &interner)) {
         return NULL;
+    }
+    Distinct *interned = NULL;
+    if (interner != Py_None) {
+        if (!PyObject_TypeCheck(interner, &InternerType)) {
+            PyBuffer_Release(&block);
+            PyErr_SetString(PyExc_TypeError, "interner must be an Interner or None");
+            return NULL;
+        }
+        interned = &((Interner *)interner)->table;
+        interned->last_text = NULL; /* it pointed into an earlier block */
     }
     PyObject *result = NULL;
     Column *columns = NULL;
@@ -441,6 +692,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bad separator or field count");
         goto done;
     }
+    if (rows_hint < 1 || rows_hint > block.len + 1) rows_hint = block.len + 1;
+    if (buf_grow(&rows_at, rows_hint * (Py_ssize_t)sizeof(int32_t)) < 0) goto done;
     columns = PyMem_Calloc((size_t)(n_columns ? n_columns : 1), sizeof(Column));
     slot_of = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n_fields);
     starts = PyMem_Malloc(sizeof(char *) * (size_t)(n_columns ? n_columns : 1));
@@ -454,12 +707,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         Py_ssize_t field;
         int kind;
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ni", &field, &kind)) goto done;
-        if (field < 0 || field >= n_fields || slot_of[field] >= 0 || kind < 0 || kind > 2) {
+        if (field < 0 || field >= n_fields || slot_of[field] >= 0 || kind < 0 || kind > 3 ||
+            (kind == KIND_INTERNED && interned == NULL)) {
             PyErr_Format(PyExc_ValueError, "bad column spec at %zd", i);
             goto done;
         }
         slot_of[field] = i;
-        if (column_init(&columns[i], kind) < 0) goto done;
+        if (column_init(&columns[i], kind, rows_hint, interned) < 0) goto done;
         initialized++;
     }
 
@@ -475,19 +729,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             if (buf_put(&empties, &line, sizeof(line)) < 0) goto done;
         } else {
             /* Split; remember where the wanted fields are until the count is known. */
-            Py_ssize_t field = 0;
-            const char *start = p;
-            for (const char *q = p;; q++) {
-                if (q == content_end || *q == sep) {
-                    if (field < n_fields && slot_of[field] >= 0) {
-                        starts[slot_of[field]] = start;
-                        lens[slot_of[field]] = q - start;
-                    }
-                    field++;
-                    if (q == content_end) break;
-                    start = q + 1;
-                }
-            }
+            Py_ssize_t field = split_line(p, content_end, end, sep, slot_of, n_fields, starts, lens);
             if (field != n_fields) {
                 if (wrong_first_count < 0) wrong_first_count = (long)field;
                 if (buf_put(&wrong, &line, sizeof(line)) < 0) goto done;
@@ -533,14 +775,15 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_DECREF(per_column);
 
 done:
+    if (interned != NULL) interned->last_text = NULL;
     for (Py_ssize_t i = 0; i < initialized; i++) column_free(&columns[i]);
     PyMem_Free(columns);
     PyMem_Free(slot_of);
     PyMem_Free(starts);
     PyMem_Free(lens);
-    PyMem_Free(rows_at.data);
-    PyMem_Free(wrong.data);
-    PyMem_Free(empties.data);
+    buf_free(&rows_at);
+    buf_free(&wrong);
+    buf_free(&empties);
     Py_XDECREF(seq);
     PyBuffer_Release(&block);
     return result;
@@ -560,9 +803,17 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__tsvscan(void) {
+    if (PyType_Ready(&InternerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddIntConstant(m, "NUMBER", KIND_NUMBER) < 0 ||
+    Py_INCREF(&InternerType);
+    if (PyModule_AddObject(m, "Interner", (PyObject *)&InternerType) < 0) {
+        Py_DECREF(&InternerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "INTERNED", KIND_INTERNED) < 0 ||
+        PyModule_AddIntConstant(m, "NUMBER", KIND_NUMBER) < 0 ||
         PyModule_AddIntConstant(m, "DISTINCT", KIND_DISTINCT) < 0 ||
         PyModule_AddIntConstant(m, "TEXT", KIND_TEXT) < 0) {
         Py_DECREF(m);

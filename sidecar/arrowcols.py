@@ -12,11 +12,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from seqwatch.sidecar._tsvscan import Interner
 from seqwatch.sidecar.addresses import canonical_address
 from seqwatch.sidecar.problems import Finding
 from seqwatch.sidecar.records import ConnChunk
@@ -217,39 +219,142 @@ class AddressCodes:
 
 
 ADDRESS_OK, ADDRESS_UNSET, ADDRESS_INVALID = 0, 1, 2
+_MEANS_UNSET, _MEANS_INVALID = -1, -2
+"""What an interned text means when it is not an address (else: its canonical index)."""
 
 
-class AddressCache:
-    """What each address text seen before stands for, kept by a reader across chunks.
+class AddressBook:
+    """The address texts a reader has seen, each examined once, and chunk tables from them.
 
-    Consecutive chunks share most of their addresses; remembering the canonical text (or
-    that the text is unset or not an address) turns the per-chunk work into one dict
-    lookup per distinct text, and hands out the same ``str`` objects every time, whose
-    hashes Python keeps (the featurizer looks each one up). Bounded: it starts afresh
-    once it holds ``limit`` texts.
+    Texts are interned in C (:class:`_tsvscan.Interner`: the TSV scanner codes address
+    fields against it directly, other readers through :meth:`intern_column`) and numbered
+    in order of first sight. Python looks at each *new* text once, to find its canonical
+    form, so a chunk's work per row is numpy gathers, and per address already seen
+    nothing at all. Bounded: the book starts afresh, between chunks, once it holds
+    ``limit`` texts or the unset markers change.
     """
 
     def __init__(self, limit: int = 1 << 17) -> None:
         self.limit = limit
-        self._unset: frozenset[str] | None = None
-        self._known: dict[str, object] = {}
+        self.interner = Interner()
+        self._reset(frozenset())
 
-    def table(self, unset: frozenset[str]) -> dict[str, object]:
-        """The text -> meaning table valid for these unset markers."""
-        if unset != self._unset or len(self._known) > self.limit:
-            self._unset = unset
-            self._known = {}
-        return self._known
+    def _reset(self, unset: frozenset[str]) -> None:
+        self.interner.clear()
+        self._unset = unset
+        self._texts: list[str | None] = []  # per code; None: not UTF-8
+        self._meaning = np.empty(0, dtype=np.int32)  # per code: canonical index or _MEANS_*
+        self._canonical = np.empty(0, dtype=object)  # by index; the first _n_canonical used
+        self._n_canonical = 0
+        self._index: dict[str, int] = {}  # canonical text -> index
+
+    def prepare(self, unset: frozenset[str]) -> Interner:
+        """The interner to code one chunk's address texts against.
+
+        Call before coding a chunk: a reset here never invalidates codes in use.
+        ``unset`` holds the texts that mean "no value" (Zeek's ``-``, ``(empty)``).
+        """
+        if unset != self._unset or len(self.interner) > self.limit:
+            self._reset(unset)
+        return self.interner
+
+    def intern_column(self, arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Codes of an Arrow text column, -1 where it is null (after :meth:`prepare`)."""
+        arr = as_dictionary(arr)
+        values = [v if v is not None else "" for v in arr.dictionary.to_pylist()]
+        codes = np.frombuffer(self.interner.intern(values), dtype=np.int32)
+        return gather(codes, arr, -1)
+
+    def text(self, code: int) -> str | None:
+        """The text behind a code (None if it was not UTF-8), for messages."""
+        return self._texts[code] if code >= 0 else None
+
+    def _learn(self) -> None:
+        new, all_plain = self.interner.take_new()
+        if not new:
+            return
+        index = self._index
+        start = len(index)
+        if all_plain and index.keys().isdisjoint(new):
+            # The usual batch: new IPv4 texts, already canonical. dict and list work at C
+            # speed; the loop below costs about a microsecond per text.
+            index.update(zip(new, range(start, start + len(new)), strict=True))
+            meanings = np.arange(start, start + len(new), dtype=np.int32)
+        else:
+            unset = self._unset
+            codes = []
+            for text in new:
+                meaning = _INVALID if text is None else _classify(text, unset)
+                if meaning is _UNSET:
+                    codes.append(_MEANS_UNSET)
+                elif meaning is _INVALID:
+                    codes.append(_MEANS_INVALID)
+                else:
+                    codes.append(index.setdefault(meaning, len(index)))
+            meanings = np.array(codes, dtype=np.int32)
+        if len(index) > start:
+            self._add_canonical(list(islice(reversed(index), len(index) - start))[::-1])
+        self._texts += new
+        self._meaning = np.concatenate([self._meaning, meanings])
+
+    def _add_canonical(self, texts: list[str]) -> None:
+        """Append to the canonical table (an object array, so chunks take rows at C speed)."""
+        size = self._n_canonical + len(texts)
+        if size > len(self._canonical):
+            grown = np.empty(max(2 * len(self._canonical), size, 1024), dtype=object)
+            grown[: self._n_canonical] = self._canonical[: self._n_canonical]
+            self._canonical = grown
+        self._canonical[self._n_canonical : size] = texts
+        self._n_canonical = size
+
+    def encode(self, orig: np.ndarray, resp: np.ndarray) -> AddressCodes:
+        """Codes of both columns' rows (-1: no value) as a chunk-local address table."""
+        self._learn()
+        meaning = self._meaning
+        sides = []
+        for codes in (orig, resp):
+            means = meaning[codes]
+            if codes.size and codes.min() < 0:
+                means[codes < 0] = _MEANS_UNSET
+            sides.append(means)
+        co, cr = sides
+        # Number the canonical addresses these rows use, densely, in order of first sight.
+        n_canonical = self._n_canonical
+        present = np.zeros(n_canonical, dtype=bool)
+        present[co[co >= 0]] = True
+        present[cr[cr >= 0]] = True
+        used = np.flatnonzero(present)
+        local = np.empty(n_canonical, dtype=np.int32)
+        local[used] = np.arange(len(used), dtype=np.int32)
+        out = [_local_codes(means, local) for means in (co, cr)]
+        return AddressCodes(
+            orig_idx=out[0][0],
+            resp_idx=out[1][0],
+            addresses=self._canonical[used].tolist(),
+            orig_state=out[0][1],
+            resp_state=out[1][1],
+        )
 
 
-# What an address text means when it is not an address: two sentinels that number first
-# (codes 0 and 1 before the shift below) among a chunk's canonical addresses.
+def _local_codes(means: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk-local codes (-1 where not an address) and the uint8 ADDRESS_* states."""
+    if not means.size or means.min() >= 0:
+        return local[means], np.zeros(len(means), dtype=np.uint8)
+    ok = means >= 0
+    codes = np.where(ok, local[np.where(ok, means, 0)], -1).astype(np.int32)
+    state = np.zeros(len(means), dtype=np.uint8)
+    state[means == _MEANS_UNSET] = ADDRESS_UNSET
+    state[means == _MEANS_INVALID] = ADDRESS_INVALID
+    return codes, state
+
+
+# What an address text means when it is not an address.
 _UNSET = object()
 _INVALID = object()
 
 
 def _classify(text: str | None, unset: frozenset[str]) -> object:
-    """Canonical text of an address text, or _UNSET / _INVALID (nothing cached)."""
+    """Canonical text of an address text, or _UNSET / _INVALID."""
     if text is None:
         return _UNSET
     if _IPV4_PLAIN(text) is not None:
@@ -262,63 +367,19 @@ def _classify(text: str | None, unset: frozenset[str]) -> object:
         return _INVALID
 
 
-def encode_addresses(
-    orig: pa.Array, resp: pa.Array, unset: frozenset[str], cache: AddressCache | None = None
-) -> AddressCodes:
-    """Canonicalize the distinct addresses of both columns once and code every row.
-
-    ``unset`` holds the texts that mean "no value" (Zeek's ``-``, ``(empty)``); a reader
-    passes its ``cache`` so that texts seen in earlier chunks are not examined again.
-    """
-    o = as_dictionary(orig)
-    r = as_dictionary(resp)
-    texts = o.dictionary.to_pylist() + r.dictionary.to_pylist()
-    n_orig = len(o.dictionary)
-    known = (cache or AddressCache()).table(unset)
-    get = known.get
-    meanings = [get(text) for text in texts]
-    if None in meanings:
-        for i in [i for i, m in enumerate(meanings) if m is None]:
-            meanings[i] = known[texts[i]] = _classify(texts[i], unset)
-    # Number the canonical addresses in order of first appearance; the two sentinels
-    # take numbers 0 and 1, so after the shift they are -2 (unset) and -1 (invalid).
-    number = {_UNSET: 0, _INVALID: 1}
-    setdefault = number.setdefault
-    codes = np.array([setdefault(m, len(number)) for m in meanings], dtype=np.int32) - 2
-    state = np.zeros(len(codes), dtype=np.uint8)
-    bad = codes < 0
-    if bad.any():
-        state[codes == -2] = ADDRESS_UNSET
-        state[codes == -1] = ADDRESS_INVALID
-        codes[bad] = -1
-
-    def states(part: np.ndarray, arr: pa.DictionaryArray) -> np.ndarray:
-        if not part.any() and not arr.null_count:
-            return np.zeros(len(arr), dtype=np.uint8)  # the common case: all addresses fine
-        return gather(part, arr, ADDRESS_UNSET)
-
-    return AddressCodes(
-        orig_idx=gather(codes[:n_orig], o, -1),
-        resp_idx=gather(codes[n_orig:], r, -1),
-        addresses=list(number)[2:],
-        orig_state=states(state[:n_orig], o),
-        resp_state=states(state[n_orig:], r),
-    )
-
-
 @dataclass
 class RecordColumns:
     """One block's connection fields as columns, decoded but not yet validated.
 
-    Numeric columns are float64 with NaN where the input had no value; the text columns
-    Arrow produced for the addresses are kept as they are so that each distinct address
+    Numeric columns are float64 with NaN where the input had no value; addresses are codes
+    of the reader's :class:`AddressBook` (-1: no value), so that each distinct address text
     is canonicalized once.
     """
 
     ts: np.ndarray
     duration: np.ndarray
-    orig: pa.Array
-    resp: pa.Array
+    orig: np.ndarray  # int32 AddressBook codes
+    resp: np.ndarray
     resp_p: np.ndarray
     proto: np.ndarray  # uint8 schema.PROTO_CODE
     state: np.ndarray  # uint8 schema.STATE_CODE
@@ -379,18 +440,18 @@ def build_chunk(
     *,
     source: str,
     fmt: str,
-    unset: frozenset[str],
     line_text: Callable[[int], str | bytes],
     findings: list[Finding],
     drop: np.ndarray | None = None,
     names: dict[str, str] | None = None,
-    addresses: AddressCache | None = None,
+    addresses: AddressBook,
 ) -> ConnChunk | None:
     """Validate the columns, drop bad rows (adding findings) and assemble a ConnChunk.
 
     ``drop`` marks rows already found bad by the caller (their findings already added).
     ``names`` renames conn.log fields in messages to the input's own field names;
-    ``addresses`` is the reader's :class:`AddressCache`.
+    ``addresses`` is the reader's :class:`AddressBook`, which coded ``cols.orig`` and
+    ``cols.resp``.
     Returns None when no row is left.
     """
     names = names or {}
@@ -414,7 +475,7 @@ def build_chunk(
     ts = cols.ts
     flag(np.isnan(ts), "missing_value", lambda i: f"{name_of('ts')} is unset or not a time")
     flag(np.isinf(ts), "bad_value", lambda i: f"{name_of('ts')} is not a finite number")
-    codes = encode_addresses(cols.orig, cols.resp, unset, addresses)
+    codes = addresses.encode(cols.orig, cols.resp)
     for name, state, column in (
         (name_of("id.orig_h"), codes.orig_state, cols.orig),
         (name_of("id.resp_h"), codes.resp_state, cols.resp),
@@ -424,7 +485,7 @@ def build_chunk(
             state == ADDRESS_INVALID,
             "bad_address",
             lambda i, name=name, column=column: (
-                f"{name} is not an IP address: {column[i].as_py()!r}"
+                f"{name} is not an IP address: {addresses.text(int(column[i]))!r}"
             ),
         )
     port = cols.resp_p

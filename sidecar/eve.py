@@ -67,6 +67,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from seqwatch.sidecar.arrowcols import (
+    AddressBook,
     RecordColumns,
     build_chunk,
     iso_seconds,
@@ -97,6 +98,8 @@ _FIELD_NAMES = {
     "resp_ip_bytes": "flow.bytes_toclient",
 }
 """EVE names of the fields, for problem messages."""
+_UNSET = frozenset({""})
+"""EVE leaves absent fields out; an empty address text is no address either."""
 _CLOSED_TCP_STATES = frozenset({"closed", "time_wait", "last_ack", "closing"})
 
 _TEXT = pa.string()
@@ -228,6 +231,7 @@ class EveDecoder:
 
     def __init__(self, parser: ConnLogParser) -> None:
         self.parser = parser
+        self._addresses = AddressBook()
 
     def decode(self, block: bytes, first_line: int, n_lines: int) -> list[ConnChunk]:
         parser = self.parser
@@ -321,11 +325,13 @@ class EveDecoder:
             if flow_id.null_count == n
             else pc.fill_null(pc.cast(flow_id, pa.string()), "").to_numpy(zero_copy_only=False)
         )
+        book = self._addresses
+        book.prepare(_UNSET)
         cols = RecordColumns(
             ts=start,
             duration=np.where(np.isnan(end), 0.0, end - start),
-            orig=col("src_ip"),
-            resp=col("dest_ip"),
+            orig=book.intern_column(col("src_ip")),
+            resp=book.intern_column(col("dest_ip")),
             resp_p=port,
             proto=proto,
             state=state,
@@ -342,8 +348,8 @@ class EveDecoder:
             lines,
             source=self.parser.source,
             fmt=self.fmt,
-            unset=frozenset({""}),
             line_text=line_text,
             findings=findings,
             names=_FIELD_NAMES,
+            addresses=book,
         )

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from seqwatch.sidecar import _tsvscan
 from seqwatch.sidecar.arrowcols import (
     DICT_TYPE,
-    AddressCache,
+    AddressBook,
     RecordColumns,
     as_dictionary,
     build_chunk,
@@ -190,8 +190,9 @@ def _plan(header: ZeekHeader, where: str) -> _TsvPlan:
         )
     kinds = {column_of[f]: _tsvscan.NUMBER for f in NUMERIC_FIELDS if f in column_of}
     # Few distinct values (or addresses, canonicalized per distinct value): coded text.
-    coded = ("id.orig_h", "id.resp_h", "proto", "service", "conn_state")
-    for f in (*coded, *LABEL_FIELDS, *DETAILED_LABEL_FIELDS):
+    # Addresses: coded against the reader's AddressBook, kept across blocks.
+    kinds.update({column_of[f]: _tsvscan.INTERNED for f in ("id.orig_h", "id.resp_h")})
+    for f in ("proto", "service", "conn_state", *LABEL_FIELDS, *DETAILED_LABEL_FIELDS):
         if f in column_of:
             kinds.setdefault(column_of[f], _tsvscan.DISTINCT)
     if "uid" in column_of:
@@ -292,7 +293,7 @@ class _TsvDecoder:
         self.header = ZeekHeader()
         self.plan: _TsvPlan | None = None
         self._invalid: list[tuple[int, int, int, str]] = []
-        self._addresses = AddressCache()
+        self._addresses = AddressBook()
 
     def decode(self, block: bytes, first_line: int, n_lines: int) -> list[ConnChunk]:
         # memchr for "#" is cheap; data lines rarely contain one, so the exact scan for
@@ -334,6 +335,7 @@ class _TsvDecoder:
                 )
         plan = self.plan
         header = self.header
+        interner = self._addresses.prepare(header.unset_values)
         rows, rows_at, wrong, wrong_fields, empty, scanned = _tsvscan.scan(
             run,
             ord(header.separator),
@@ -341,6 +343,8 @@ class _TsvDecoder:
             plan.scan,
             header.unset_field.encode(),
             header.empty_field.encode(),
+            n_lines + 1,  # the last line may lack its newline
+            interner,
         )
         lines = first_line + np.frombuffer(rows_at, dtype=np.int32).astype(np.int64)
         block_lines = BlockLines(run, first_line)
@@ -381,6 +385,8 @@ class _TsvDecoder:
             bad = np.frombuffer(bad, dtype=np.int32)
             if kind == _tsvscan.NUMBER:
                 columns[name] = np.frombuffer(values, dtype=np.float64)
+            elif kind == _tsvscan.INTERNED:
+                columns[name] = np.frombuffer(values, dtype=np.int32)
             elif kind == _tsvscan.DISTINCT:
                 columns[name] = _arrow_coded(values, extra)
             else:
@@ -469,7 +475,6 @@ class _TsvDecoder:
             lines,
             source=self.parser.source,
             fmt=self.fmt,
-            unset=unset,
             line_text=line_text,
             findings=findings,
             drop=drop,
@@ -529,7 +534,7 @@ class _JsonDecoder:
         # Zeek writes ts as a number, or as ISO 8601 text with JSON::TS_ISO8601.
         self.ts_text = isinstance(first_record.get("ts"), str)
         self.schema = _json_schema(self.ts_text)
-        self._addresses = AddressCache()
+        self._addresses = AddressBook()
 
     def decode(self, block: bytes, first_line: int, n_lines: int) -> list[ConnChunk]:
         parser = self.parser
@@ -575,11 +580,13 @@ class _JsonDecoder:
             return pc.coalesce(*arrays) if len(arrays) > 1 else arrays[0]
 
         uid = col("uid")
+        book = self._addresses
+        book.prepare(_JSON_UNSET)
         cols = RecordColumns(
             ts=iso_seconds(col("ts")) if self.ts_text else numbers(col("ts")),
             duration=numbers(col("duration")),
-            orig=with_nested("id.orig_h", "orig_h"),
-            resp=with_nested("id.resp_h", "resp_h"),
+            orig=book.intern_column(with_nested("id.orig_h", "orig_h")),
+            resp=book.intern_column(with_nested("id.resp_h", "resp_h")),
             resp_p=numbers(with_nested("id.resp_p", "resp_p")),
             orig_pkts=numbers(col("orig_pkts")),
             resp_pkts=numbers(col("resp_pkts")),
@@ -601,7 +608,6 @@ class _JsonDecoder:
             lines,
             source=self.parser.source,
             fmt=self.fmt,
-            unset=_JSON_UNSET,
             line_text=line_text,
             findings=findings,
             addresses=self._addresses,

@@ -669,9 +669,10 @@ def test_address_fast_path_agrees_with_canonical_address() -> None:
         "-",
         "garbage",
     ]
-    codes = arrowcols.encode_addresses(
-        pa.array(texts), pa.array(["10.0.0.1"] * len(texts)), frozenset({"-"})
-    )
+    book = arrowcols.AddressBook()
+    book.prepare(frozenset({"-"}))
+    orig = book.intern_column(pa.array(texts))
+    codes = book.encode(orig, book.intern_column(pa.array(["10.0.0.1"] * len(texts))))
     for i, text in enumerate(texts):
         try:
             expected = canonical_address(text)
@@ -680,3 +681,45 @@ def test_address_fast_path_agrees_with_canonical_address() -> None:
         got = codes.addresses[codes.orig_idx[i]] if codes.orig_idx[i] >= 0 else None
         assert got == expected, text
     assert codes.orig_state.tolist() == [0, 0, 0, 2, 2, 2, 0, 0, 0, 1, 2]
+
+
+def test_address_book_codes_chunks_against_texts_seen_once_and_stays_bounded(monkeypatch) -> None:
+    import pyarrow as pa
+
+    calls = collections.Counter()
+    real = arrowcols.canonical_address
+
+    def counting(text: str) -> str:
+        calls[text] += 1
+        return real(text)
+
+    monkeypatch.setattr(arrowcols, "canonical_address", counting)
+    book = arrowcols.AddressBook(limit=5)
+    unset = frozenset({"-"})
+
+    def chunk(orig: list[str | None], resp: list[str | None]) -> arrowcols.AddressCodes:
+        book.prepare(unset)
+        return book.encode(
+            book.intern_column(pa.array(orig, pa.string())),
+            book.intern_column(pa.array(resp, pa.string())),
+        )
+
+    first = chunk(["FD88::1", "10.0.0.1", "-"], ["10.0.0.2", "fd88:0::1", None])
+    assert first.addresses == ["fd88::1", "10.0.0.1", "10.0.0.2"]
+    assert [first.addresses[i] for i in first.orig_idx[:2]] == ["fd88::1", "10.0.0.1"]
+    assert first.orig_state.tolist() == [0, 0, 1] and first.resp_state.tolist() == [0, 0, 1]
+    # A later chunk's table holds only its own addresses; known texts are not examined again.
+    second = chunk(["10.0.0.2", "FD88::1"], ["10.0.0.2", "bogus"])
+    assert second.addresses == ["fd88::1", "10.0.0.2"]
+    assert [second.addresses[i] for i in second.orig_idx] == ["10.0.0.2", "fd88::1"]
+    assert second.resp_state.tolist() == [0, 2] and book.text(int(second.resp_idx[1])) is None
+    assert calls == {"FD88::1": 1, "fd88:0::1": 1, "bogus": 1}
+    # Past its limit the book starts afresh before the next chunk, with the same results.
+    assert len(book.interner) > book.limit
+    third = chunk(["FD88::1"], ["10.0.0.9"])
+    assert len(book.interner) == 2 and third.addresses == ["fd88::1", "10.0.0.9"]
+    assert calls["FD88::1"] == 2
+    # Other unset markers mean other meanings: "-" is no longer "no value" but a bad text.
+    book.prepare(frozenset({"?"}))
+    fourth = book.encode(book.intern_column(pa.array(["-"])), book.intern_column(pa.array(["?"])))
+    assert fourth.orig_state.tolist() == [2] and fourth.resp_state.tolist() == [1]
