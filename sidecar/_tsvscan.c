@@ -796,10 +796,10 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "_tsvscan",
-    "Zeek ASCII (TSV) data lines into columns; see zeeklog.py.",
-    -1,
-    methods,
+    .m_name = "_tsvscan",
+    .m_doc = "Zeek ASCII (TSV) data lines into columns; see zeeklog.py.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__tsvscan(void) {

@@ -341,7 +341,8 @@ def _local_codes(means: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.n
     if not means.size or means.min() >= 0:
         return local[means], np.zeros(len(means), dtype=np.uint8)
     ok = means >= 0
-    codes = np.where(ok, local[np.where(ok, means, 0)], -1).astype(np.int32)
+    codes = np.full(len(means), -1, dtype=np.int32)
+    codes[ok] = local[means[ok]]
     state = np.zeros(len(means), dtype=np.uint8)
     state[means == _MEANS_UNSET] = ADDRESS_UNSET
     state[means == _MEANS_INVALID] = ADDRESS_INVALID

@@ -4,7 +4,9 @@
 tail's appended bytes, a decompressor) and it returns ConnChunks of at most ``chunk_rows``
 rows. It detects the format from the first line (Zeek TSV, Zeek JSON, Suricata EVE),
 follows Zeek's TSV header (``#separator`` ... ``#fields``) wherever a new header block
-starts, and hands whole blocks of lines to Arrow's C++ readers.
+starts, and hands whole blocks of lines to compiled readers: TSV to seqwatch's own field
+scanner (``_tsvscan.c``: it converts only the dozen fields the features read, and codes
+addresses against the reader's :class:`AddressBook`), JSON to Arrow's.
 
 TSV specifics handled here:
 
