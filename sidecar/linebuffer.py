@@ -1,9 +1,10 @@
 """Cutting a byte stream into blocks of whole lines, for the columnar parsers.
 
 The parsers hand whole blocks to compiled readers (the TSV field scanner, Arrow's JSON
-reader), so they need complete lines and a bounded block size; the byte stream arrives in arbitrary pieces (file reads, a live tail's
-appended bytes, decompressor output). :class:`LineBuffer` keeps the partial trailing line
-between feeds and numbers the lines it hands out.
+reader), so they need complete lines and a bounded block size; the byte stream arrives
+in arbitrary pieces (file reads, a live tail's appended bytes, decompressor output).
+:class:`LineBuffer` keeps the partial trailing line between feeds and numbers the lines it
+hands out.
 """
 
 from __future__ import annotations
