@@ -789,8 +789,40 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(count_newlines_doc,
+"count_newlines(data, start=0, end=len(data))\n"
+"--\n\n"
+"Number of newline bytes in ``data[start:end]``, without copying the range.");
+
+static PyObject *count_newlines(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t start = 0, end = PY_SSIZE_T_MAX;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*|nn", &data, &start, &end)) return NULL;
+    if (end > data.len) end = data.len;
+    if (start < 0 || start > end) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "bad range");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)data.buf + start;
+    const unsigned char *stop = (const unsigned char *)data.buf + end;
+    Py_ssize_t count = 0;
+#ifdef __SSE2__
+    const __m128i newline = _mm_set1_epi8('\n');
+    for (; stop - p >= 16; p += 16) {
+        __m128i chunk = _mm_loadu_si128((const __m128i *)p);
+        count += __builtin_popcount((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(chunk, newline)));
+    }
+#endif
+    for (; p < stop; p++) count += *p == '\n';
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"count_newlines", count_newlines, METH_VARARGS, count_newlines_doc},
     {NULL, NULL, 0, NULL},
 };
 

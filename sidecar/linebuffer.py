@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+from seqwatch.sidecar._tsvscan import count_newlines as _count
+
 _PIECE_BYTES = 1 << 22
 """Large feeds are split into pieces of this size so finding the n-th newline stays cheap."""
 MAX_LINE_BYTES = 1 << 26
@@ -25,8 +27,8 @@ def newline_positions(data: bytes) -> np.ndarray:
 
 
 def count_newlines(data: bytes) -> int:
-    """Number of ``\\n`` in ``data``; numpy is several times faster than bytes.count here."""
-    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
+    r"""Number of ``\n`` in ``data`` (vectorized C, several times faster than bytes.count)."""
+    return _count(data)
 
 
 class BlockLines:
@@ -186,8 +188,7 @@ class LineBuffer:
 
 def _count_range(data: bytes, start: int, end: int) -> int:
     """Newlines in ``data[start:end]``, without copying the range."""
-    view = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
-    return int(np.count_nonzero(view == 10))
+    return _count(data, start, end)
 
 
 def _join(ranges: list[tuple[bytes, int, int]]) -> bytes:
