@@ -216,6 +216,8 @@ class AddressCodes:
     addresses: list[str]
     orig_state: np.ndarray  # uint8: 0 ok, 1 unset, 2 not an address
     resp_state: np.ndarray
+    keys: np.ndarray | None = None  # int64 per ``addresses`` entry, stable within ``space``
+    space: object | None = None
 
 
 ADDRESS_OK, ADDRESS_UNSET, ADDRESS_INVALID = 0, 1, 2
@@ -241,6 +243,7 @@ class AddressBook:
 
     def _reset(self, unset: frozenset[str]) -> None:
         self.interner.clear()
+        self._space = object()  # canonical indices are keys; a reset starts a new key space
         self._unset = unset
         self._texts: list[str | None] = []  # per code; None: not UTF-8
         self._meaning = np.empty(0, dtype=np.int32)  # per code: canonical index or _MEANS_*
@@ -333,6 +336,8 @@ class AddressBook:
             addresses=self._canonical[used].tolist(),
             orig_state=out[0][1],
             resp_state=out[1][1],
+            keys=used,
+            space=self._space,
         )
 
 
@@ -544,6 +549,8 @@ def build_chunk(
         orig_ip_bytes=num(cols.orig_ip_bytes),
         resp_ip_bytes=num(cols.resp_ip_bytes),
         addresses=codes.addresses,
+        address_keys=codes.keys,
+        address_space=codes.space,
         label=col(cols.label, np.int8),
         detailed_label=col(cols.detailed_label),
         uid=uid,

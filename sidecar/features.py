@@ -310,6 +310,10 @@ class FeatureAggregator:
         self.address_table_limit = address_table_limit
         self._compact_at = address_table_limit
         self._ids: dict[str, int] = {}
+        # Ids by the chunks' address keys (ConnChunk.address_keys), -1 where not known yet:
+        # a reader's chunks share their keys, so each address is looked up in _ids once.
+        self._key_space: object | None = None
+        self._id_of_key = np.empty(0, dtype=np.int64)
         self._addresses: list[str] = []
         self._address_array = np.empty(0, dtype=object)  # _addresses, for fast gathers
         self._scratch = _Scratch()
@@ -352,6 +356,28 @@ class FeatureAggregator:
         return self._emit_through(last)
 
     # -- internals --------------------------------------------------------------------
+    def _chunk_ids(self, chunk: ConnChunk) -> np.ndarray:
+        """Global id of each entry of the chunk's address table."""
+        keys, space = chunk.address_keys, chunk.address_space
+        if keys is None or space is None:
+            return self._global_ids(chunk.addresses)
+        if space is not self._key_space:
+            self._key_space = space
+            self._id_of_key = np.full(1024, -1, dtype=np.int64)
+        table = self._id_of_key
+        if len(keys) and int(keys.max()) >= len(table):
+            grown = np.full(max(2 * len(table), int(keys.max()) + 1), -1, dtype=np.int64)
+            grown[: len(table)] = table
+            self._id_of_key = table = grown
+        gids = table[keys]
+        missing = np.flatnonzero(gids < 0)
+        if missing.size:
+            addresses = chunk.addresses
+            found = self._global_ids([addresses[i] for i in missing.tolist()])
+            table[keys[missing]] = found
+            gids[missing] = found
+        return gids
+
     def _global_ids(self, addresses) -> np.ndarray:
         ids = self._ids
         known = len(ids)
@@ -371,7 +397,7 @@ class FeatureAggregator:
         return gids
 
     def _piece(self, chunk: ConnChunk) -> _Pending:
-        gids = self._global_ids(chunk.addresses)
+        gids = self._chunk_ids(chunk)
         cols = {
             "orig": gids[chunk.orig_idx],
             "resp": gids[chunk.resp_idx],
@@ -426,6 +452,7 @@ class FeatureAggregator:
         kept = self._address_array[used]
         self._addresses = kept.tolist()
         self._ids = {addr: i for i, addr in enumerate(self._addresses)}
+        self._key_space = None  # the ids it cached are renumbered
         self._address_array = kept
         self._compact_at = max(self.address_table_limit, 2 * len(used))
 

@@ -50,6 +50,11 @@ class ConnChunk:
     uid: np.ndarray | None = None  # object array of str, where the input has uids
     line: np.ndarray | None = None  # int64 source line numbers, for messages
     meta: dict = field(default_factory=dict)
+    address_keys: np.ndarray | None = None
+    """int64 key of each ``addresses`` entry, stable across the chunks of one reader that
+    share ``address_space``: consumers may cache per-address work by key."""
+    address_space: object | None = None
+    """Identity of the key space (a reader's address book until it starts afresh)."""
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -80,6 +85,8 @@ class ConnChunk:
             uid=pick(self.uid),
             line=pick(self.line),
             meta=dict(self.meta),
+            address_keys=self.address_keys,
+            address_space=self.address_space,
         )
 
     def orig_h(self) -> np.ndarray:
