@@ -504,22 +504,24 @@ typedef struct {
     Distinct *table;    /* DISTINCT: &distinct; INTERNED: the Interner's, kept across blocks */
 } Column;
 
-/* ``rows`` is the expected number of rows: reserving it up front saves the copies of
- * growing (the buffers still grow if a caller's hint was short). */
+static inline Py_ssize_t column_width(const Column *c) {
+    return c->kind == KIND_NUMBER ? (Py_ssize_t)sizeof(double) : (Py_ssize_t)sizeof(int32_t);
+}
+
+/* Room for ``rows`` rows (TEXT: one offset more). Values are stored by row index, so the
+ * per-value work is one store; the scan grows every column at once when rows run out. */
+static int column_reserve(Column *c, Py_ssize_t rows) {
+    return buf_grow(&c->values, (rows + (c->kind == KIND_TEXT)) * column_width(c));
+}
+
 static int column_init(Column *c, int kind, Py_ssize_t rows, Distinct *interned) {
     memset(c, 0, sizeof(*c));
     c->kind = kind;
-    if (kind == KIND_DISTINCT || kind == KIND_INTERNED) {
-        if (kind == KIND_DISTINCT && distinct_init(&c->distinct) < 0) return -1;
-        c->table = kind == KIND_DISTINCT ? &c->distinct : interned;
-        return buf_grow(&c->values, rows * (Py_ssize_t)sizeof(int32_t));
-    }
-    if (kind == KIND_TEXT) {
-        int32_t zero = 0;
-        if (buf_grow(&c->values, (rows + 1) * (Py_ssize_t)sizeof(int32_t)) < 0) return -1;
-        return buf_put(&c->values, &zero, sizeof(zero));
-    }
-    return buf_grow(&c->values, rows * (Py_ssize_t)sizeof(double));
+    if (kind == KIND_DISTINCT && distinct_init(&c->distinct) < 0) return -1;
+    c->table = kind == KIND_DISTINCT ? &c->distinct : interned;
+    if (column_reserve(c, rows) < 0) return -1;
+    if (kind == KIND_TEXT) ((int32_t *)c->values.data)[0] = 0;
+    return 0;
 }
 
 static void column_free(Column *c) {
@@ -529,8 +531,9 @@ static void column_free(Column *c) {
     if (c->kind == KIND_DISTINCT) distinct_free(&c->distinct);
 }
 
-static inline int column_add(Column *c, const char *s, Py_ssize_t len, int32_t row, const char *unset,
-                      Py_ssize_t unset_len, const char *empty, Py_ssize_t empty_len) {
+static inline int column_add(Column *c, const char *s, Py_ssize_t len, int32_t row,
+                             const char *unset, Py_ssize_t unset_len, const char *empty,
+                             Py_ssize_t empty_len) {
     switch (c->kind) {
     case KIND_NUMBER: {
         double value = Py_NAN;
@@ -540,7 +543,8 @@ static inline int column_add(Column *c, const char *s, Py_ssize_t len, int32_t r
             value = Py_NAN;
             if (buf_put(&c->bad, &row, sizeof(row)) < 0) return -1;
         }
-        return buf_put(&c->values, &value, sizeof(value));
+        ((double *)c->values.data)[row] = value;
+        return 0;
     }
     case KIND_DISTINCT:
     case KIND_INTERNED: {
@@ -549,7 +553,8 @@ static inline int column_add(Column *c, const char *s, Py_ssize_t len, int32_t r
         if (c->table->invalid.data[code] && buf_put(&c->bad, &row, sizeof(row)) < 0) {
             return -1;
         }
-        return buf_put(&c->values, &code, sizeof(code));
+        ((int32_t *)c->values.data)[row] = code;
+        return 0;
     }
     default: {
         if (!ascii_only((const unsigned char *)s, len) &&
@@ -562,8 +567,8 @@ static inline int column_add(Column *c, const char *s, Py_ssize_t len, int32_t r
             return -1;
         }
         if (buf_put(&c->text, s, len) < 0) return -1;
-        int32_t offset = (int32_t)c->text.len;
-        return buf_put(&c->values, &offset, sizeof(offset));
+        ((int32_t *)c->values.data)[row + 1] = (int32_t)c->text.len;
+        return 0;
     }
     }
 }
@@ -720,6 +725,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     const char *p = block.buf, *end = p + block.len;
     const char sep = (char)separator;
     int32_t line = 0, rows = 0;
+    Py_ssize_t cap_rows = rows_hint;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *line_end = nl ? nl : end;
@@ -734,13 +740,20 @@ static PyObject *scan(PyObject *self, PyObject *args) {
                 if (wrong_first_count < 0) wrong_first_count = (long)field;
                 if (buf_put(&wrong, &line, sizeof(line)) < 0) goto done;
             } else {
+                if (rows == cap_rows) {
+                    cap_rows *= 2;
+                    if (buf_grow(&rows_at, cap_rows * (Py_ssize_t)sizeof(int32_t)) < 0) goto done;
+                    for (Py_ssize_t i = 0; i < n_columns; i++) {
+                        if (column_reserve(&columns[i], cap_rows) < 0) goto done;
+                    }
+                }
                 for (Py_ssize_t i = 0; i < n_columns; i++) {
                     if (column_add(&columns[i], starts[i], lens[i], rows, unset, unset_len,
                                    empty, empty_len) < 0) {
                         goto done;
                     }
                 }
-                if (buf_put(&rows_at, &line, sizeof(line)) < 0) goto done;
+                ((int32_t *)rows_at.data)[rows] = line;
                 rows++;
             }
         }
@@ -752,6 +765,10 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         p = nl ? nl + 1 : end;
     }
 
+    rows_at.len = rows * (Py_ssize_t)sizeof(int32_t);
+    for (Py_ssize_t i = 0; i < n_columns; i++) {
+        columns[i].values.len = (rows + (columns[i].kind == KIND_TEXT)) * column_width(&columns[i]);
+    }
     PyObject *per_column = PyList_New(n_columns);
     if (per_column == NULL) goto done;
     for (Py_ssize_t i = 0; i < n_columns; i++) {
