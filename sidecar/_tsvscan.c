@@ -33,6 +33,36 @@
 
 enum { KIND_NUMBER = 0, KIND_DISTINCT = 1, KIND_TEXT = 2, KIND_INTERNED = 3 };
 
+/* ---- unaligned loads ------------------------------------------------------------- */
+
+static inline uint64_t load8(const char *s) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return w;
+}
+
+static inline uint32_t load4(const char *s) {
+    uint32_t w;
+    memcpy(&w, s, 4);
+    return w;
+}
+
+/* The n < 8 bytes at s as the little-endian number they spell (equal bytes, equal
+ * numbers, and the converse), without a loop where loads are little-endian: two
+ * overlapping loads (n >= 4) or three single bytes (n < 4). */
+static inline uint64_t load_partial(const char *s, Py_ssize_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (n >= 4) return load4(s) | ((uint64_t)load4(s + n - 4) << (8 * (n - 4)));
+    if (n == 0) return 0;
+    const unsigned char *u = (const unsigned char *)s;
+    return u[0] | ((uint64_t)u[n / 2] << (8 * (n / 2))) | ((uint64_t)u[n - 1] << (8 * (n - 1)));
+#else
+    uint64_t w = 0;
+    for (Py_ssize_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)s[i] << (8 * i);
+    return w;
+#endif
+}
+
 /* ---- numbers ---------------------------------------------------------------------- */
 
 static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
@@ -48,6 +78,35 @@ static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
  * doubles (Clinger's fast path), the same double strtod gives. Anything else goes to
  * Python's own correctly rounded, locale-independent conversion.
  */
+/* Eight ASCII digits at a time (SWAR, little-endian loads): whether all eight are digits,
+ * and their value, in a handful of operations instead of eight dependent steps. */
+static inline int eight_digits(uint64_t w) {
+    return (((w + UINT64_C(0x4646464646464646)) | (w - UINT64_C(0x3030303030303030))) &
+            UINT64_C(0x8080808080808080)) == 0;
+}
+
+static inline uint64_t eight_digits_value(uint64_t w) {
+    w -= UINT64_C(0x3030303030303030);
+    w = (w * 10) + (w >> 8); /* adjacent digits into pairs */
+    return (((w & UINT64_C(0x000000FF000000FF)) * (100 + (UINT64_C(1000000) << 32))) +
+            (((w >> 16) & UINT64_C(0x000000FF000000FF)) * (1 + (UINT64_C(10000) << 32)))) >>
+           32;
+}
+
+/* The digits from p on, appended to *mantissa (which wraps past 19 digits); their end. */
+static inline const char *digits(const char *p, const char *end, uint64_t *mantissa) {
+    uint64_t m = *mantissa;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (end - p >= 8 && eight_digits(load8(p))) {
+        m = m * 100000000 + eight_digits_value(load8(p));
+        p += 8;
+    }
+#endif
+    while (p < end && (unsigned char)(*p - '0') < 10) m = m * 10 + (uint64_t)(*p++ - '0');
+    *mantissa = m;
+    return p;
+}
+
 static int parse_number(const char *s, Py_ssize_t len, double *out) {
     const char *p = s, *end = s + len;
     int negative = 0;
@@ -58,12 +117,12 @@ static int parse_number(const char *s, Py_ssize_t len, double *out) {
         p++;
     }
     const char *int_start = p;
-    while (p < end && (unsigned char)(*p - '0') < 10) mantissa = mantissa * 10 + (*p++ - '0');
+    p = digits(p, end, &mantissa);
     Py_ssize_t int_len = p - int_start;
     Py_ssize_t frac_len = 0;
     if (p < end && *p == '.') {
         const char *frac_start = ++p;
-        while (p < end && (unsigned char)(*p - '0') < 10) mantissa = mantissa * 10 + (*p++ - '0');
+        p = digits(p, end, &mantissa);
         frac_len = p - frac_start;
     }
     int exact = int_len + frac_len <= 19;
@@ -138,11 +197,12 @@ static int valid_utf8(const unsigned char *s, Py_ssize_t len) {
     return 1;
 }
 
-static int ascii_only(const unsigned char *s, Py_ssize_t len) {
-    for (Py_ssize_t i = 0; i < len; i++) {
-        if (s[i] & 0x80) return 0;
-    }
-    return 1;
+static inline int ascii_only(const unsigned char *s, Py_ssize_t len) {
+    const char *p = (const char *)s;
+    uint64_t high = 0;
+    for (; len >= 8; p += 8, len -= 8) high |= load8(p);
+    high |= load_partial(p, len);
+    return (high & UINT64_C(0x8080808080808080)) == 0;
 }
 
 /* ---- growable buffers ------------------------------------------------------------- */
@@ -215,18 +275,6 @@ typedef struct {
     Buf invalid;      /* uint8 per code: 1 if the value is not UTF-8 (stored as "") */
 } Distinct;
 
-static inline uint64_t load8(const char *s) {
-    uint64_t w;
-    memcpy(&w, s, 8);
-    return w;
-}
-
-static inline uint64_t load_partial(const char *s, Py_ssize_t n) {
-    uint64_t w = 0;
-    for (Py_ssize_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)s[i] << (8 * i);
-    return w;
-}
-
 /* Eight bytes per multiply: the distinct columns hash every row's field. */
 static inline uint64_t hash_bytes(const char *s, Py_ssize_t len) {
     const uint64_t k = UINT64_C(0x9E3779B97F4A7C15);
@@ -251,7 +299,10 @@ static inline int same_bytes(const char *a, const char *b, Py_ssize_t len) {
         b += 8;
         len -= 8;
     }
-    return len == 0 || load_partial(a, len) == load_partial(b, len);
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (a[i] != b[i]) return 0; /* short tails: proto, state, "-" */
+    }
+    return 1;
 }
 
 static int distinct_init(Distinct *d) {
