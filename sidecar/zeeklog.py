@@ -65,7 +65,9 @@ FORMAT_TSV = "zeek-tsv"
 FORMAT_JSON = "zeek-json"
 FORMAT_EVE = "eve"
 
-DEFAULT_CHUNK_ROWS = 65536
+DEFAULT_CHUNK_ROWS = 32768
+"""Rows per chunk: a chunk's columns (about 100 bytes a row) stay within a core's L2 cache
+while the featurizer makes its passes over them; 32k rows measured faster than 16k or 64k."""
 
 REQUIRED_FIELDS = ("ts", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "conn_state")
 FEATURE_FIELDS = ("service", "duration", "orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes")

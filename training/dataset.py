@@ -46,6 +46,7 @@ from seqwatch.sidecar.features import (
 )
 from seqwatch.sidecar.records import LABEL_MALICIOUS, ConnChunk
 from seqwatch.sidecar.schema import DEFAULT_WINDOW, N_FEATURES, FeatureConfig
+from seqwatch.sidecar.zeeklog import DEFAULT_CHUNK_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def build_source(
     strict: bool = False,
     tag: str | None = None,
     progress: bool = True,
-    chunk_rows: int = 65536,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> WindowSet:
     """Windows of one capture (a file or a rotated tree).
 
