@@ -212,6 +212,7 @@ _COLS = (
     ("resp_pkts", "out_resp_pkts", None),
     ("duration", "out_duration", None),
 )
+_OUT_CONNS = FEATURE_INDEX["out_conns"]
 _FAILED_STATE = np.zeros(256, dtype=bool)
 _FAILED_STATE[_FAILED_CODES] = True
 
@@ -381,20 +382,33 @@ class FeatureAggregator:
     def _global_ids(self, addresses) -> np.ndarray:
         ids = self._ids
         known = len(ids)
+        if ids.keys().isdisjoint(addresses):
+            # All new, as in a flood of fresh sources: number them in bulk at C speed. A
+            # chunk's table names each address once; should one not, take the slow path.
+            ids.update(zip(addresses, range(known, known + len(addresses)), strict=True))
+            if len(ids) == known + len(addresses):
+                self._remember(list(addresses))
+                return np.arange(known, len(ids), dtype=np.int64)
+            for addr in addresses:
+                ids.pop(addr, None)
         setdefault = ids.setdefault
         # setdefault evaluates len(ids) before inserting: a new address gets the next id.
         gids = np.array([setdefault(addr, len(ids)) for addr in addresses], dtype=np.int64)
         if len(ids) > known:
-            new = [addresses[i] for i in np.flatnonzero(gids >= known).tolist()]
-            self._addresses += new
-            array = self._address_array
-            if len(array) < len(self._addresses):
-                # Grow geometrically: host names are gathered from it per interval.
-                grown = np.empty(max(2 * len(array), len(self._addresses)), dtype=object)
-                grown[:known] = array[:known]
-                self._address_array = array = grown
-            array[known : len(self._addresses)] = new
+            self._remember([addresses[i] for i in np.flatnonzero(gids >= known).tolist()])
         return gids
+
+    def _remember(self, new: list[str]) -> None:
+        """Append the texts of newly numbered addresses (in id order)."""
+        known = len(self._addresses)
+        self._addresses += new
+        array = self._address_array
+        if len(array) < len(self._addresses):
+            # Grow geometrically: host names are gathered from it per interval.
+            grown = np.empty(max(2 * len(array), len(self._addresses)), dtype=object)
+            grown[:known] = array[:known]
+            self._address_array = array = grown
+        array[known : len(self._addresses)] = new
 
     def _piece(self, chunk: ConnChunk) -> _Pending:
         gids = self._chunk_ids(chunk)
@@ -524,7 +538,6 @@ class FeatureAggregator:
 
         group_bin = (keys >> shift) + b0
         group_host = hosts[keys & host_bits]
-        conns_per_bin = np.bincount(rel)
         bounds = np.flatnonzero(np.diff(group_bin)) + 1
         starts = np.concatenate([[0], bounds]).tolist()
         ends = np.concatenate([bounds, [groups]]).tolist()
@@ -539,7 +552,7 @@ class FeatureAggregator:
                     hosts=names[group_host[s:e]].tolist(),
                     values=values[s:e],
                     late=self._late_pending.pop(b, 0),
-                    connections=int(conns_per_bin[b - b0]),
+                    connections=int(values[s:e, _OUT_CONNS].sum()),  # each counts once
                     labels=None if labels is None else labels[s:e],
                     detailed=None if detailed is None else detailed[s:e],
                 )
