@@ -469,28 +469,35 @@ static PyObject *interner_take_new(Interner *self, PyObject *unused) {
     const int32_t *offsets = (const int32_t *)d->offsets.data;
     Py_ssize_t n = d->count - self->reported;
     PyObject *texts = PyList_New(n);
-    int all_plain = 1;
-    if (texts == NULL) return NULL;
+    PyObject *plain = PyByteArray_FromStringAndSize(NULL, n);
+    if (texts == NULL || plain == NULL) {
+        Py_XDECREF(texts);
+        Py_XDECREF(plain);
+        return NULL;
+    }
+    char *flags = PyByteArray_AS_STRING(plain);
     for (int32_t code = self->reported; code < d->count; code++) {
         PyObject *text;
+        Py_ssize_t i = code - self->reported;
+        flags[i] = 0;
         if (d->invalid.data[code]) {
             text = Py_None;
             Py_INCREF(text);
-            all_plain = 0;
         } else {
             const char *start = d->text.data + offsets[code];
             Py_ssize_t len = offsets[code + 1] - offsets[code];
-            all_plain = all_plain && plain_ipv4(start, len);
+            flags[i] = (char)plain_ipv4(start, len);
             text = PyUnicode_DecodeUTF8(start, len, "strict");
             if (text == NULL) {
                 Py_DECREF(texts);
+                Py_DECREF(plain);
                 return NULL;
             }
         }
-        PyList_SET_ITEM(texts, code - self->reported, text);
+        PyList_SET_ITEM(texts, i, text);
     }
     self->reported = d->count;
-    return Py_BuildValue("(NO)", texts, all_plain ? Py_True : Py_False);
+    return Py_BuildValue("(NN)", texts, plain);
 }
 
 static PyObject *interner_intern(Interner *self, PyObject *texts) {
@@ -519,9 +526,9 @@ fail:
 static PyMethodDef interner_methods[] = {
     {"clear", (PyCFunction)interner_clear, METH_NOARGS, "Forget every value."},
     {"take_new", (PyCFunction)interner_take_new, METH_NOARGS,
-     "``(texts, all_plain)``: the values added since the last call, in code order (str,\n"
-     "or None where the bytes are not UTF-8), and whether every one is an IPv4 address\n"
-     "written as ipaddress writes it (four decimal octets, no leading zeros)."},
+     "``(texts, plain)``: the values added since the last call, in code order (str, or\n"
+     "None where the bytes are not UTF-8), and a bytearray with 1 for each that is an\n"
+     "IPv4 address written as ipaddress writes it (four decimal octets, no leading zeros)."},
     {"intern", (PyCFunction)interner_intern, METH_O,
      "int32 codes (a bytearray) of a sequence of str, adding the new ones."},
     {NULL, NULL, 0, NULL},

@@ -273,28 +273,33 @@ class AddressBook:
         return self._texts[code] if code >= 0 else None
 
     def _learn(self) -> None:
-        new, all_plain = self.interner.take_new()
+        new, plain = self.interner.take_new()
         if not new:
             return
         index = self._index
         start = len(index)
-        if all_plain and index.keys().isdisjoint(new):
-            # The usual batch: new IPv4 texts, already canonical. dict and list work at C
-            # speed; the loop below costs about a microsecond per text.
-            index.update(zip(new, range(start, start + len(new)), strict=True))
-            meanings = np.arange(start, start + len(new), dtype=np.int32)
-        else:
-            unset = self._unset
-            codes = []
-            for text in new:
-                meaning = _INVALID if text is None else _classify(text, unset)
-                if meaning is _UNSET:
-                    codes.append(_MEANS_UNSET)
-                elif meaning is _INVALID:
-                    codes.append(_MEANS_INVALID)
-                else:
-                    codes.append(index.setdefault(meaning, len(index)))
-            meanings = np.array(codes, dtype=np.int32)
+        meanings = np.empty(len(new), dtype=np.int32)
+        plain = np.frombuffer(plain, dtype=bool)
+        others = np.flatnonzero(~plain)
+        rest = range(len(new))
+        if len(others) < len(new):
+            fresh = new if not len(others) else [new[i] for i in np.flatnonzero(plain).tolist()]
+            if index.keys().isdisjoint(fresh):
+                # The usual batch: new IPv4 texts, already canonical and distinct. dict
+                # and list work at C speed; the loop below costs a microsecond per text.
+                index.update(zip(fresh, range(start, start + len(fresh)), strict=True))
+                meanings[plain] = np.arange(start, start + len(fresh), dtype=np.int32)
+                rest = others.tolist()
+        unset = self._unset
+        for i in rest:
+            text = new[i]
+            meaning = _INVALID if text is None else _classify(text, unset)
+            if meaning is _UNSET:
+                meanings[i] = _MEANS_UNSET
+            elif meaning is _INVALID:
+                meanings[i] = _MEANS_INVALID
+            else:
+                meanings[i] = index.setdefault(meaning, len(index))
         if len(index) > start:
             self._add_canonical(list(islice(reversed(index), len(index) - start))[::-1])
         self._texts += new

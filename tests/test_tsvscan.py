@@ -191,14 +191,14 @@ def test_interner_numbers_texts_across_scans_and_flags_plain_ipv4() -> None:
     block = b"10.0.0.1\tfd88::1\n10.0.0.2\t10.0.0.1\n"
     first = _tsvscan.scan(block, 9, 2, [(0, INTERNED), (1, INTERNED)], b"-", b"", 2, interner)
     assert [ints(values) for values, _, _ in first[5]] == [[0, 2], [1, 0]]
-    assert interner.take_new() == (["10.0.0.1", "fd88::1", "10.0.0.2"], False)
+    assert interner.take_new() == (["10.0.0.1", "fd88::1", "10.0.0.2"], bytearray([1, 0, 1]))
     second = _tsvscan.scan(b"10.0.0.3\t10.0.0.2\n", 9, 2, [(0, INTERNED), (1, INTERNED)],
                            b"-", b"", 1, interner)  # fmt: skip
     assert [ints(values) for values, _, _ in second[5]] == [[3], [2]]
-    assert interner.take_new() == (["10.0.0.3"], True) and len(interner) == 4
+    assert interner.take_new() == (["10.0.0.3"], bytearray([1])) and len(interner) == 4
     assert ints(interner.intern(["10.0.0.2", "1.1.1.1"])) == [2, 4]
     interner.clear()
-    assert len(interner) == 0 and interner.take_new() == ([], True)
+    assert len(interner) == 0 and interner.take_new() == ([], bytearray())
 
 
 @pytest.mark.parametrize(
@@ -209,7 +209,7 @@ def test_interner_numbers_texts_across_scans_and_flags_plain_ipv4() -> None:
 def test_plain_ipv4_flag_matches_the_python_fast_path(text: str) -> None:
     interner = _tsvscan.Interner()
     interner.intern([text])
-    assert interner.take_new()[1] == (_IPV4_PLAIN(text) is not None)
+    assert interner.take_new()[1] == bytearray([_IPV4_PLAIN(text) is not None])
 
 
 def test_bad_arguments_are_errors_not_crashes() -> None:

@@ -705,19 +705,19 @@ def test_address_book_codes_chunks_against_texts_seen_once_and_stays_bounded(mon
         )
 
     first = chunk(["FD88::1", "10.0.0.1", "-"], ["10.0.0.2", "fd88:0::1", None])
-    assert first.addresses == ["fd88::1", "10.0.0.1", "10.0.0.2"]
+    assert sorted(first.addresses) == ["10.0.0.1", "10.0.0.2", "fd88::1"]
     assert [first.addresses[i] for i in first.orig_idx[:2]] == ["fd88::1", "10.0.0.1"]
     assert first.orig_state.tolist() == [0, 0, 1] and first.resp_state.tolist() == [0, 0, 1]
     # A later chunk's table holds only its own addresses; known texts are not examined again.
     second = chunk(["10.0.0.2", "FD88::1"], ["10.0.0.2", "bogus"])
-    assert second.addresses == ["fd88::1", "10.0.0.2"]
+    assert sorted(second.addresses) == ["10.0.0.2", "fd88::1"]
     assert [second.addresses[i] for i in second.orig_idx] == ["10.0.0.2", "fd88::1"]
     assert second.resp_state.tolist() == [0, 2] and book.text(int(second.resp_idx[1])) is None
     assert calls == {"FD88::1": 1, "fd88:0::1": 1, "bogus": 1}
     # Past its limit the book starts afresh before the next chunk, with the same results.
     assert len(book.interner) > book.limit
     third = chunk(["FD88::1"], ["10.0.0.9"])
-    assert len(book.interner) == 2 and third.addresses == ["fd88::1", "10.0.0.9"]
+    assert len(book.interner) == 2 and sorted(third.addresses) == ["10.0.0.9", "fd88::1"]
     assert calls["FD88::1"] == 2
     # Other unset markers mean other meanings: "-" is no longer "no value" but a bad text.
     book.prepare(frozenset({"?"}))
