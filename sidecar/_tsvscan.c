@@ -299,6 +299,7 @@ static inline int same_bytes(const char *a, const char *b, Py_ssize_t len) {
         b += 8;
         len -= 8;
     }
+    if (len >= 4) return load_partial(a, len) == load_partial(b, len);
     for (Py_ssize_t i = 0; i < len; i++) {
         if (a[i] != b[i]) return 0; /* short tails: proto, state, "-" */
     }
@@ -606,7 +607,10 @@ static inline int column_add(Column *c, const char *s, Py_ssize_t len, int32_t r
     }
     case KIND_DISTINCT:
     case KIND_INTERNED: {
-        int32_t code = distinct_code(c->table, s, len);
+        /* A row's proto, state or service is most often the previous row's; its
+         * addresses seldom are, so they skip that check. */
+        int32_t code = c->kind == KIND_DISTINCT ? distinct_code(c->table, s, len)
+                                                : distinct_insert(c->table, s, len);
         if (code < 0) return -1;
         if (c->table->invalid.data[code] && buf_put(&c->bad, &row, sizeof(row)) < 0) {
             return -1;
