@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqwatch.sidecar._groupsums import group_sums
 from seqwatch.sidecar.records import LABEL_BACKGROUND, LABEL_MALICIOUS, LABEL_NONE, ConnChunk
 from seqwatch.sidecar.schema import (
     CLOSED_STATES,
@@ -213,8 +214,46 @@ _COLS = (
     ("duration", "out_duration", None),
 )
 _OUT_CONNS = FEATURE_INDEX["out_conns"]
-_FAILED_STATE = np.zeros(256, dtype=bool)
-_FAILED_STATE[_FAILED_CODES] = True
+_OUT, _IN = 0, 1  # group_sums sides: the connection's originator group, its responder group
+
+
+def _class_table(codes) -> np.ndarray:
+    """A 256-entry lookup: 1.0 for the given codes (group_sums adds it per row)."""
+    table = np.zeros(256, dtype=np.float64)
+    table[np.asarray(codes, dtype=np.intp)] = 1.0
+    return table
+
+
+# (feature, side, code column, lookup): the connection classes counted per group.
+_CLASS_TERMS = (
+    ("out_failed", _OUT, "state", _class_table(_FAILED_CODES)),
+    ("in_failed", _IN, "state", _class_table(_FAILED_CODES)),
+    ("out_rejected", _OUT, "state", _class_table([_REJ])),
+    ("out_udp", _OUT, "proto", _class_table([_UDP])),
+    ("out_icmp", _OUT, "proto", _class_table([_ICMP])),
+)
+
+
+def _sum_terms(rows: dict[str, np.ndarray]) -> list[tuple]:
+    """What group_sums adds per connection: counts, the _COLS sums and the class counts."""
+    terms: list[tuple] = [
+        (FEATURE_INDEX["out_conns"], _OUT, None),
+        (FEATURE_INDEX["in_conns"], _IN, None),
+    ]
+    for column, out_name, in_name in _COLS:
+        weights = np.ascontiguousarray(rows[column], dtype=np.float64)
+        terms.append((FEATURE_INDEX[out_name], _OUT, weights))
+        if in_name:
+            terms.append((FEATURE_INDEX[in_name], _IN, weights))
+    for name, side, column, table in _CLASS_TERMS:
+        codes = rows[column]
+        if codes.dtype == np.uint8:
+            source = (np.ascontiguousarray(codes), table)
+        else:  # hand-built chunks may carry other integer types, even codes past 255
+            inside = (codes >= 0) & (codes < 256)
+            source = np.where(inside, table[np.where(inside, codes, 0)], 0.0)
+        terms.append((FEATURE_INDEX[name], side, source))
+    return terms
 
 
 class _Pending:
@@ -507,8 +546,6 @@ class FeatureAggregator:
         def capped_count(group_ids: np.ndarray) -> np.ndarray:
             return np.minimum(np.bincount(group_ids, minlength=groups), cap)
 
-        put("out_conns", np.bincount(out_g, minlength=groups))
-        put("in_conns", np.bincount(in_g, minlength=groups))
         # The distinct (originator group, responder) pairs are the distinct (bin,
         # originator, responder) triples: one sort counts the peers of both sides.
         pairs = _distinct((out_g << shift) | resp)
@@ -518,19 +555,7 @@ class FeatureAggregator:
         put("in_hosts", capped_count(grouping.lookup(pair_bin | (pairs & host_bits))))
         ports = _distinct((out_g << 32) | rows["port"])
         put("out_ports", capped_count(ports >> 32))
-        for column, out_name, in_name in _COLS:
-            weights = rows[column]
-            put(out_name, np.bincount(out_g, weights=weights, minlength=groups))
-            if in_name:
-                put(in_name, np.bincount(in_g, weights=weights, minlength=groups))
-        state, proto = rows["state"], rows["proto"]
-        # A lookup per row; codes are uint8 (ConnChunk), hand-built chunks may differ.
-        failed = _FAILED_STATE[state] if state.dtype == np.uint8 else np.isin(state, _FAILED_CODES)
-        put("out_failed", np.bincount(out_g, weights=failed, minlength=groups))
-        put("in_failed", np.bincount(in_g, weights=failed, minlength=groups))
-        put("out_rejected", np.bincount(out_g, weights=state == _REJ, minlength=groups))
-        put("out_udp", np.bincount(out_g, weights=proto == _UDP, minlength=groups))
-        put("out_icmp", np.bincount(out_g, weights=proto == _ICMP, minlength=groups))
+        group_sums(values, out_g, in_g, _sum_terms(rows))
 
         labels = detailed = None
         if "label" in rows:
