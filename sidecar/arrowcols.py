@@ -442,6 +442,13 @@ class LazyUidChunk(ConnChunk):
         self.__dict__["_uid"] = value
 
 
+def _bounds(values: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest value (NaN if any is NaN); (0, 0) for no values."""
+    if not len(values):
+        return 0.0, 0.0
+    return float(values.min()), float(values.max())
+
+
 _COUNT_FIELDS = ("duration", "orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes")
 
 
@@ -483,14 +490,21 @@ def build_chunk(
             )
             bad[mask] = True
 
+    # Clean columns are the rule: a min and a max (NaN propagates through both) clear
+    # most checks without building a mask per check.
     ts = cols.ts
-    flag(np.isnan(ts), "missing_value", lambda i: f"{name_of('ts')} is unset or not a time")
-    flag(np.isinf(ts), "bad_value", lambda i: f"{name_of('ts')} is not a finite number")
+    ts_lo, ts_hi = _bounds(ts)
+    if math.isnan(ts_lo):
+        flag(np.isnan(ts), "missing_value", lambda i: f"{name_of('ts')} is unset or not a time")
+    if math.isinf(ts_lo) or math.isinf(ts_hi):
+        flag(np.isinf(ts), "bad_value", lambda i: f"{name_of('ts')} is not a finite number")
     codes = addresses.encode(cols.orig, cols.resp)
     for name, state, column in (
         (name_of("id.orig_h"), codes.orig_state, cols.orig),
         (name_of("id.resp_h"), codes.resp_state, cols.resp),
     ):
+        if not state.any():
+            continue
         flag(state == ADDRESS_UNSET, "missing_value", lambda i, name=name: f"{name} is unset")
         flag(
             state == ADDRESS_INVALID,
@@ -500,20 +514,26 @@ def build_chunk(
             ),
         )
     port = cols.resp_p
-    flag(
-        (port < 0) | (port > 65535) | ((np.floor(port) != port) & ~np.isnan(port)),
-        "bad_value",
-        lambda i: f"{name_of('id.resp_p')} is not a port number: {port[i]!r}",
-    )
+    port_lo, port_hi = _bounds(port)
+    if not (port_lo >= 0 and port_hi <= 65535 and np.array_equal(np.floor(port), port)):
+        flag(
+            (port < 0) | (port > 65535) | ((np.floor(port) != port) & ~np.isnan(port)),
+            "bad_value",
+            lambda i: f"{name_of('id.resp_p')} is not a port number: {port[i]!r}",
+        )
+    missing = {"resp_p": math.isnan(port_lo)}
     for field in _COUNT_FIELDS:
         values = getattr(cols, field)
-        flag(
-            (values < 0) | np.isinf(values),
-            "bad_value",
-            lambda i, field=field, values=values: (
-                f"{name_of(field)} is negative or infinite: {values[i]!r}"
-            ),
-        )
+        lo, hi = _bounds(values)
+        missing[field] = math.isnan(lo)
+        if not (lo >= 0 and hi < math.inf):
+            flag(
+                (values < 0) | np.isinf(values),
+                "bad_value",
+                lambda i, field=field, values=values: (
+                    f"{name_of(field)} is negative or infinite: {values[i]!r}"
+                ),
+            )
     keep = None if not bad.any() else ~bad
     if keep is not None and not keep.any():
         return None
@@ -535,24 +555,24 @@ def build_chunk(
     else:
         uid = col(uid)
 
-    def num(a: np.ndarray) -> np.ndarray:
+    def num(a: np.ndarray, field: str) -> np.ndarray:
         a = col(a)
-        return np.nan_to_num(a, nan=0.0) if np.isnan(a).any() else a
+        return np.nan_to_num(a, nan=0.0) if missing[field] else a
 
     return chunk_type(
         source=source,
         ts=col(ts),
-        duration=num(cols.duration),
+        duration=num(cols.duration, "duration"),
         orig_idx=col(codes.orig_idx),
         resp_idx=col(codes.resp_idx),
-        resp_p=num(port).astype(np.int32),
+        resp_p=num(port, "resp_p").astype(np.int32),
         proto=col(cols.proto, np.uint8),
         state=col(cols.state, np.uint8),
         service=col(cols.service, np.uint8),
-        orig_pkts=num(cols.orig_pkts),
-        resp_pkts=num(cols.resp_pkts),
-        orig_ip_bytes=num(cols.orig_ip_bytes),
-        resp_ip_bytes=num(cols.resp_ip_bytes),
+        orig_pkts=num(cols.orig_pkts, "orig_pkts"),
+        resp_pkts=num(cols.resp_pkts, "resp_pkts"),
+        orig_ip_bytes=num(cols.orig_ip_bytes, "orig_ip_bytes"),
+        resp_ip_bytes=num(cols.resp_ip_bytes, "resp_ip_bytes"),
         addresses=codes.addresses,
         address_keys=codes.keys,
         address_space=codes.space,
