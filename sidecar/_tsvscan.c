@@ -906,8 +906,99 @@ static PyObject *count_newlines(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(count);
 }
 
+PyDoc_STRVAR(localize_doc,
+"localize(meaning, orig, resp, n_canonical)\n"
+"--\n\n"
+"Two columns of interned address codes as codes into one chunk-local table.\n\n"
+"``meaning`` (int32 per interned code) is the code's canonical address index, or -1\n"
+"(no value) or -2 (not an address); ``orig`` and ``resp`` are int32 codes, -1 for no\n"
+"value. Returns ``(orig_idx, resp_idx, orig_state, resp_state, used)``: int32 indices\n"
+"into the table (-1 where there is no address), uint8 states (0 an address, 1 no value,\n"
+"2 not an address), and the int64 canonical indices the table holds, ascending.");
+
+static PyObject *localize(PyObject *self, PyObject *args) {
+    Py_buffer meaning = {0}, sides[2] = {{0}, {0}};
+    Py_ssize_t n_canonical;
+    PyObject *result = NULL;
+    int32_t *local = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*n", &meaning, &sides[0], &sides[1], &n_canonical)) {
+        return NULL;
+    }
+    Py_ssize_t n_meaning = meaning.len / 4, rows[2] = {sides[0].len / 4, sides[1].len / 4};
+    const int32_t *means = meaning.buf;
+    Buf idx[2] = {{0}, {0}}, state[2] = {{0}, {0}}, used = {0};
+    if (meaning.len % 4 || sides[0].len % 4 || sides[1].len % 4 || n_canonical < 0) {
+        PyErr_SetString(PyExc_ValueError, "localize: int32 buffers expected");
+        goto done;
+    }
+    /* Mark the canonical indices in use, then number them in ascending order. */
+    local = PyMem_Calloc((size_t)(n_canonical ? n_canonical : 1), sizeof(int32_t));
+    if (local == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int side = 0; side < 2; side++) {
+        const int32_t *codes = sides[side].buf;
+        for (Py_ssize_t r = 0; r < rows[side]; r++) {
+            int32_t code = codes[r];
+            if (code >= n_meaning) {
+                PyErr_Format(PyExc_IndexError, "localize: code %d past the meanings", code);
+                goto done;
+            }
+            int32_t m = code < 0 ? -1 : means[code];
+            if (m >= n_canonical) {
+                PyErr_Format(PyExc_IndexError, "localize: canonical index %d too large", m);
+                goto done;
+            }
+            if (m >= 0) local[m] = 1;
+        }
+    }
+    int32_t next = 0;
+    for (Py_ssize_t m = 0; m < n_canonical; m++) {
+        if (!local[m]) continue;
+        int64_t canonical = m;
+        if (buf_put(&used, &canonical, sizeof(canonical)) < 0) goto done;
+        local[m] = next++;
+    }
+    for (int side = 0; side < 2; side++) {
+        const int32_t *codes = sides[side].buf;
+        if (buf_grow(&idx[side], rows[side] * 4 + 1) < 0 ||
+            buf_grow(&state[side], rows[side] + 1) < 0) {
+            goto done;
+        }
+        int32_t *out = (int32_t *)idx[side].data;
+        unsigned char *st = (unsigned char *)state[side].data;
+        for (Py_ssize_t r = 0; r < rows[side]; r++) {
+            int32_t m = codes[r] < 0 ? -1 : means[codes[r]];
+            out[r] = m >= 0 ? local[m] : -1;
+            st[r] = m >= 0 ? 0 : m == -1 ? 1 : 2;
+        }
+        idx[side].len = rows[side] * 4;
+        state[side].len = rows[side];
+    }
+    PyObject *parts[5] = {buf_finish(&idx[0]), buf_finish(&idx[1]), buf_finish(&state[0]),
+                          buf_finish(&state[1]), buf_finish(&used)};
+    if (parts[0] && parts[1] && parts[2] && parts[3] && parts[4]) {
+        result = PyTuple_Pack(5, parts[0], parts[1], parts[2], parts[3], parts[4]);
+    }
+    for (int i = 0; i < 5; i++) Py_XDECREF(parts[i]);
+
+done:
+    PyMem_Free(local);
+    for (int side = 0; side < 2; side++) {
+        buf_free(&idx[side]);
+        buf_free(&state[side]);
+        PyBuffer_Release(&sides[side]);
+    }
+    buf_free(&used);
+    PyBuffer_Release(&meaning);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"localize", localize, METH_VARARGS, localize_doc},
     {"count_newlines", count_newlines, METH_VARARGS, count_newlines_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqwatch.sidecar._tsvscan import Interner
+from seqwatch.sidecar._tsvscan import Interner, localize
 from seqwatch.sidecar.addresses import canonical_address
 from seqwatch.sidecar.problems import Finding
 from seqwatch.sidecar.records import ConnChunk
@@ -318,45 +318,22 @@ class AddressBook:
     def encode(self, orig: np.ndarray, resp: np.ndarray) -> AddressCodes:
         """Codes of both columns' rows (-1: no value) as a chunk-local address table."""
         self._learn()
-        meaning = self._meaning
-        sides = []
-        for codes in (orig, resp):
-            means = meaning[codes]
-            if codes.size and codes.min() < 0:
-                means[codes < 0] = _MEANS_UNSET
-            sides.append(means)
-        co, cr = sides
-        # Number the canonical addresses these rows use, densely, in order of first sight.
-        n_canonical = self._n_canonical
-        present = np.zeros(n_canonical, dtype=bool)
-        present[co[co >= 0]] = True
-        present[cr[cr >= 0]] = True
-        used = np.flatnonzero(present)
-        local = np.empty(n_canonical, dtype=np.int32)
-        local[used] = np.arange(len(used), dtype=np.int32)
-        out = [_local_codes(means, local) for means in (co, cr)]
+        orig_idx, resp_idx, orig_state, resp_state, used = localize(
+            self._meaning,
+            np.ascontiguousarray(orig, dtype=np.int32),
+            np.ascontiguousarray(resp, dtype=np.int32),
+            self._n_canonical,
+        )
+        used = np.frombuffer(used, dtype=np.int64)
         return AddressCodes(
-            orig_idx=out[0][0],
-            resp_idx=out[1][0],
+            orig_idx=np.frombuffer(orig_idx, dtype=np.int32),
+            resp_idx=np.frombuffer(resp_idx, dtype=np.int32),
             addresses=self._canonical[used].tolist(),
-            orig_state=out[0][1],
-            resp_state=out[1][1],
+            orig_state=np.frombuffer(orig_state, dtype=np.uint8),
+            resp_state=np.frombuffer(resp_state, dtype=np.uint8),
             keys=used,
             space=self._space,
         )
-
-
-def _local_codes(means: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Chunk-local codes (-1 where not an address) and the uint8 ADDRESS_* states."""
-    if not means.size or means.min() >= 0:
-        return local[means], np.zeros(len(means), dtype=np.uint8)
-    ok = means >= 0
-    codes = np.full(len(means), -1, dtype=np.int32)
-    codes[ok] = local[means[ok]]
-    state = np.zeros(len(means), dtype=np.uint8)
-    state[means == _MEANS_UNSET] = ADDRESS_UNSET
-    state[means == _MEANS_INVALID] = ADDRESS_INVALID
-    return codes, state
 
 
 # What an address text means when it is not an address.

@@ -221,3 +221,37 @@ def test_bad_arguments_are_errors_not_crashes() -> None:
         _tsvscan.scan(b"a\n", 9, 1, [(0, INTERNED)], b"-", b"")  # no interner
     with pytest.raises(TypeError):
         _tsvscan.scan(b"a\n", 9, 1, [(0, INTERNED)], b"-", b"", 1, object())
+
+
+def test_localize_numbers_the_addresses_a_chunk_uses() -> None:
+    # Interned codes 0 and 4 are two spellings of canonical address 0.
+    meaning = np.array([0, -1, 2, -2, 0, 1], dtype=np.int32)
+
+    def run(orig, resp, n_canonical=3):
+        out = _tsvscan.localize(
+            meaning, np.array(orig, np.int32), np.array(resp, np.int32), n_canonical
+        )
+        return (
+            ints(out[0]),
+            ints(out[1]),
+            list(out[2]),
+            list(out[3]),
+            np.frombuffer(out[4], np.int64).tolist(),
+        )
+
+    assert run([0, 1, 4, -1], [2, 3, 5, 2]) == (
+        [0, -1, 0, -1],
+        [2, -1, 1, 2],
+        [0, 1, 0, 1],
+        [0, 2, 0, 0],
+        [0, 1, 2],
+    )
+    # Only the canonical addresses in use enter the table, densely numbered.
+    assert run([0], [2]) == ([0], [1], [0], [0], [0, 2])
+    assert run([], []) == ([], [], [], [], [])
+    with pytest.raises(IndexError):
+        run([6], [0])  # a code the meanings do not cover
+    with pytest.raises(IndexError):
+        run([2], [0], n_canonical=2)  # a canonical index past the table
+    with pytest.raises(ValueError):
+        _tsvscan.localize(meaning, b"\x00\x00\x00", b"", 3)
