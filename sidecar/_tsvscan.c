@@ -996,8 +996,32 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(nth_newline_doc,
+"nth_newline(data, start, end, n)\n"
+"--\n\n"
+"Offset in ``data`` of the ``n``-th (1-based) newline of ``data[start:end]``, or -1.");
+
+static PyObject *nth_newline(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t start, end, n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nnn", &data, &start, &end, &n)) return NULL;
+    if (end > data.len) end = data.len;
+    Py_ssize_t found = -1;
+    const char *base = data.buf, *p = base + (start < 0 ? 0 : start), *stop = base + end;
+    while (n > 0 && p < stop) {
+        const char *nl = memchr(p, '\n', (size_t)(stop - p));
+        if (nl == NULL) break;
+        if (--n == 0) found = nl - base;
+        p = nl + 1;
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(found);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"nth_newline", nth_newline, METH_VARARGS, nth_newline_doc},
     {"localize", localize, METH_VARARGS, localize_doc},
     {"count_newlines", count_newlines, METH_VARARGS, count_newlines_doc},
     {NULL, NULL, 0, NULL},

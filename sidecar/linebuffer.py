@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from seqwatch.sidecar._tsvscan import count_newlines as _count
+from seqwatch.sidecar._tsvscan import nth_newline as _nth_newline
 
 _PIECE_BYTES = 1 << 22
 """Large feeds are split into pieces of this size so finding the n-th newline stays cheap."""
@@ -142,8 +143,7 @@ class LineBuffer:
         if count == need:
             cut = data.rfind(b"\n", start, end) + 1
         else:
-            view = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
-            cut = start + int(np.flatnonzero(view == 10)[need - 1]) + 1
+            cut = _nth_newline(data, start, end, need) + 1
         taken.append((data, start, cut))
         if cut < end:
             if 4 * (end - cut) < len(data):

@@ -255,3 +255,15 @@ def test_localize_numbers_the_addresses_a_chunk_uses() -> None:
         run([2], [0], n_canonical=2)  # a canonical index past the table
     with pytest.raises(ValueError):
         _tsvscan.localize(meaning, b"\x00\x00\x00", b"", 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=80).map(lambda b: b.replace(b"x", b"\n")), st.data())
+def test_newline_counting_and_finding_agree_with_bytes(data: bytes, draw) -> None:
+    start = draw.draw(st.integers(0, len(data)))
+    end = draw.draw(st.integers(start, len(data)))
+    assert _tsvscan.count_newlines(data, start, end) == data.count(b"\n", start, end)
+    offsets = [i for i in range(start, end) if data[i] == 10]
+    for n in range(1, len(offsets) + 2):
+        expected = offsets[n - 1] if n <= len(offsets) else -1
+        assert _tsvscan.nth_newline(data, start, end, n) == expected
