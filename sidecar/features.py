@@ -257,21 +257,26 @@ def _sum_terms(rows: dict[str, np.ndarray]) -> list[tuple]:
 
 
 class _Pending:
-    """The connections of one chunk whose interval has not been emitted yet.
+    """The connections of one chunk whose interval has not been emitted yet, in bin order.
 
-    ``cols`` are the chunk's own arrays, kept without a copy; ``rest`` indexes the rows
-    still pending (None: all of them). Emitting gathers just the rows due, so a chunk
-    costs one gather per column however its rows spread over intervals, and the few
-    rows with long removal delays (an hour for ssh) do not drag the chunk along: once
-    they are less than half of it they are compacted into their own arrays.
+    A conn.log is written in removal order, so a chunk's rows usually come sorted by bin
+    already; otherwise they are sorted once, stably, so that the rows of one interval keep
+    their order (and sums are taken in the same order). Emitting an interval then takes a
+    prefix of views, without copying. The few rows with long removal delays (an hour for
+    ssh) do not drag the chunk along: once they are at most half of the arrays they view,
+    they are copied into their own.
     """
 
-    __slots__ = ("bins", "cols", "rest")
+    __slots__ = ("_viewed", "bins", "cols")
 
     def __init__(self, bins: np.ndarray, cols: dict[str, np.ndarray]) -> None:
-        self.bins = bins  # int64 bin of each pending row, in row order
+        if len(bins) > 1 and not (bins[1:] >= bins[:-1]).all():
+            order = np.argsort(bins, kind="stable")
+            bins = bins[order]
+            cols = {name: column[order] for name, column in cols.items()}
+        self.bins = bins  # int64 bin of each pending row, ascending
         self.cols = cols
-        self.rest: np.ndarray | None = None
+        self._viewed = len(bins)  # rows of the arrays that cols view
 
     def __len__(self) -> int:
         return int(self.bins.shape[0])
@@ -279,27 +284,17 @@ class _Pending:
     def take_through(self, last_bin: int) -> dict[str, np.ndarray] | None:
         """Remove and return the rows of intervals <= ``last_bin`` (None if there are none)."""
         bins = self.bins
-        due = bins <= last_bin
-        n_due = int(np.count_nonzero(due))
-        if n_due == 0:
+        due = int(np.searchsorted(bins, last_bin, side="right"))
+        if due == 0:
             return None
-        if n_due == len(bins):
-            rows = self.rest
-            head = dict(self.cols) if rows is None else {k: v[rows] for k, v in self.cols.items()}
-            head["bin"] = bins
-            self.bins = bins[:0]
-            self.cols = {}
-            self.rest = None
-            return head
-        keep = ~due
-        rows = np.flatnonzero(due) if self.rest is None else self.rest[due]
-        head = {k: v[rows] for k, v in self.cols.items()}
-        head["bin"] = bins[due]
-        self.rest = np.flatnonzero(keep) if self.rest is None else self.rest[keep]
-        self.bins = bins[keep]
-        if 2 * len(self.rest) <= len(next(iter(self.cols.values()))):
-            self.cols = {k: v[self.rest] for k, v in self.cols.items()}
-            self.rest = None
+        head = {name: column[:due] for name, column in self.cols.items()}
+        head["bin"] = bins[:due]
+        self.bins = bins[due:]
+        self.cols = {name: column[due:] for name, column in self.cols.items()}
+        if 0 < 2 * len(self.bins) <= self._viewed:
+            self.bins = self.bins.copy()
+            self.cols = {name: column.copy() for name, column in self.cols.items()}
+            self._viewed = len(self.bins)
         return head
 
 
