@@ -381,6 +381,7 @@ class _TsvDecoder:
         if not rows:
             settle(findings, parser.report, parser.source, parser.strict)
             return []
+        # Columns in field order; a row with several bad fields counts once, for the first.
         drop = np.zeros(rows, dtype=bool)
         columns: dict[str, np.ndarray | pa.Array] = {}
         for (index, kind), name, (values, extra, bad) in zip(
@@ -413,7 +414,7 @@ class _TsvDecoder:
 
     def _assemble(
         self,
-        columns: dict[str, pa.Array],
+        columns: dict[str, np.ndarray | pa.Array],
         lines: np.ndarray,
         line_text: Callable[[int], bytes],
         findings: list[Finding],
