@@ -267,3 +267,42 @@ def test_newline_counting_and_finding_agree_with_bytes(data: bytes, draw) -> Non
     for n in range(1, len(offsets) + 2):
         expected = offsets[n - 1] if n <= len(offsets) else -1
         assert _tsvscan.nth_newline(data, start, end, n) == expected
+
+
+@pytest.fixture(scope="module")
+def portable_build(tmp_path_factory):
+    """The scanner compiled without SSE2 and as if loads were big-endian: the code paths
+    other machines take (scalar splitting, byte-wise tails, no eight-digit steps)."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sysconfig
+    from pathlib import Path
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the portable variant with")
+    source = Path(__file__).resolve().parents[1] / "sidecar" / "_tsvscan.c"
+    target = tmp_path_factory.mktemp("portable") / (
+        "_tsvscan" + sysconfig.get_config_var("EXT_SUFFIX")
+    )
+    flags = ["-U__SSE2__", "-U__BYTE_ORDER__", "-D__BYTE_ORDER__=__ORDER_BIG_ENDIAN__", "-w"]
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O1", *flags, f"-I{sysconfig.get_paths()['include']}",
+         str(source), "-o", str(target)],
+        check=True,
+    )  # fmt: skip
+    spec = importlib.util.spec_from_file_location("_tsvscan", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@settings(max_examples=150, deadline=None)
+@given(blocks())
+def test_portable_build_reads_exactly_as_the_vectorized_one(portable_build, case) -> None:
+    block, sep, n_fields, columns = case
+    args = (block, sep[0], n_fields, columns, b"-", b"(empty)", 4)
+    fast = _tsvscan.scan(*args, _tsvscan.Interner())
+    portable = portable_build.scan(*args, portable_build.Interner())
+    assert fast == portable
