@@ -170,8 +170,9 @@ def _delay_class(chunk: ConnChunk, delays: RemovalDelays) -> tuple[np.ndarray, n
     index = state.astype(np.int32) * (_N_PROTOS * 8)
     index += proto.astype(np.int32) * 8
     index += (chunk.service & 3).astype(np.int32) * 2
-    index += _LONG_PORT[port]
-    return table[index], s0[index]
+    index += np.take(_LONG_PORT, port)
+    # np.take: fancy indexing with int32 indices first casts them to intp (slower).
+    return np.take(table, index), np.take(s0, index)
 
 
 def _delay_select(chunk: ConnChunk, delays: RemovalDelays) -> tuple[np.ndarray, np.ndarray]:
@@ -447,8 +448,8 @@ class FeatureAggregator:
     def _piece(self, chunk: ConnChunk) -> _Pending:
         gids = self._chunk_ids(chunk)
         cols = {
-            "orig": gids[chunk.orig_idx],
-            "resp": gids[chunk.resp_idx],
+            "orig": np.take(gids, chunk.orig_idx),  # int32 indices: take, not gids[...]
+            "resp": np.take(gids, chunk.resp_idx),
             # A (port, proto) pair as one integer for the distinct-port count.
             "port": chunk.resp_p.astype(np.int64) * 4 + chunk.proto,
             "state": chunk.state,
