@@ -9,8 +9,8 @@
  *   NUMBER  decimal text -> float64; the unset/empty markers -> NaN; anything else is a
  *           bad value, reported by row (its slot holds NaN);
  *   DISTINCT text -> int32 code into the distinct values of the block (Arrow string
- *           layout), so that Python looks at each distinct value once (addresses,
- *           states, labels);
+ *           layout), so that Python looks at each distinct value once (proto, service,
+ *           conn_state, labels);
  *   TEXT    text -> Arrow string layout (int32 offsets + data);
  *   INTERNED text -> int32 code into an Interner that outlives the call: a reader's
  *           addresses, so that Python looks at each address text once per run, not
@@ -21,6 +21,12 @@
  * Results are bytearrays that Python views with numpy: the module needs no numpy headers.
  * All decisions about what a problem means (messages, which rows to drop) stay in Python
  * (zeeklog.py); this file only measures.
+ *
+ * Beside scan(): the Interner type; localize(), which turns a chunk's interned address
+ * codes into its own small address table (arrowcols.AddressBook); count_newlines() and
+ * nth_newline(), with which linebuffer.py cuts a byte stream into blocks of lines.
+ * x86-64 gets SSE2 steps (its baseline); other machines take the scalar paths, which
+ * the tests build and compare too.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
