@@ -25,14 +25,6 @@ from seqwatch.sidecar.records import ConnChunk
 
 DICT_TYPE = pa.dictionary(pa.int32(), pa.string())
 
-# A dotted quad without leading zeros is exactly what ipaddress prints for an IPv4
-# address, so such text is already canonical and needs no round trip through ipaddress.
-# (fullmatch: ``$`` would also match before a trailing newline.)
-_IPV4_PLAIN = re.compile(
-    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
-    re.ASCII,
-).fullmatch
 _ZEEK_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 _ISO_TIME = (
     r"^(?P<base>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,9}))?"
@@ -295,13 +287,15 @@ class AddressBook:
         unset = self._unset
         for i in rest:
             text = new[i]
-            meaning = _INVALID if text is None else _classify(text, unset)
-            if meaning is _UNSET:
-                meanings[i] = _MEANS_UNSET
-            elif meaning is _INVALID:
+            if text is None:  # not UTF-8
                 meanings[i] = _MEANS_INVALID
-            else:
-                meanings[i] = index.setdefault(meaning, len(index))
+                continue
+            # A dotted quad without leading zeros (the interner's flag) is exactly what
+            # ipaddress prints, so it needs no round trip through ipaddress.
+            meaning = text if plain[i] else _classify(text, unset)
+            if isinstance(meaning, str):
+                meaning = index.setdefault(meaning, len(index))
+            meanings[i] = meaning
         if len(index) > start:
             self._add_canonical(list(islice(reversed(index), len(index) - start))[::-1])
         self._texts += new
@@ -338,23 +332,14 @@ class AddressBook:
         )
 
 
-# What an address text means when it is not an address.
-_UNSET = object()
-_INVALID = object()
-
-
-def _classify(text: str | None, unset: frozenset[str]) -> object:
-    """Canonical text of an address text, or _UNSET / _INVALID."""
-    if text is None:
-        return _UNSET
-    if _IPV4_PLAIN(text) is not None:
-        return text  # already what ipaddress would print
+def _classify(text: str, unset: frozenset[str]) -> str | int:
+    """Canonical text of an address text, or _MEANS_UNSET / _MEANS_INVALID."""
     if text in unset or not text.strip():
-        return _UNSET
+        return _MEANS_UNSET
     try:
         return canonical_address(text)
     except ValueError:
-        return _INVALID
+        return _MEANS_INVALID
 
 
 @dataclass
