@@ -879,17 +879,23 @@ PyDoc_STRVAR(count_newlines_doc,
 "--\n\n"
 "Number of newline bytes in ``data[start:end]``, without copying the range.");
 
+/* Clamp end to the buffer; 0, or -1 with ValueError (buffer released) for a bad start. */
+static int byte_range(Py_buffer *data, Py_ssize_t start, Py_ssize_t *end) {
+    if (*end > data->len) *end = data->len;
+    if (start < 0 || start > *end) {
+        PyBuffer_Release(data);
+        PyErr_SetString(PyExc_ValueError, "bad range");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *count_newlines(PyObject *self, PyObject *args) {
     Py_buffer data;
     Py_ssize_t start = 0, end = PY_SSIZE_T_MAX;
     (void)self;
     if (!PyArg_ParseTuple(args, "y*|nn", &data, &start, &end)) return NULL;
-    if (end > data.len) end = data.len;
-    if (start < 0 || start > end) {
-        PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "bad range");
-        return NULL;
-    }
+    if (byte_range(&data, start, &end) < 0) return NULL;
     const unsigned char *p = (const unsigned char *)data.buf + start;
     const unsigned char *stop = (const unsigned char *)data.buf + end;
     Py_ssize_t count = 0;
@@ -1012,9 +1018,9 @@ static PyObject *nth_newline(PyObject *self, PyObject *args) {
     Py_ssize_t start, end, n;
     (void)self;
     if (!PyArg_ParseTuple(args, "y*nnn", &data, &start, &end, &n)) return NULL;
-    if (end > data.len) end = data.len;
+    if (byte_range(&data, start, &end) < 0) return NULL;
     Py_ssize_t found = -1;
-    const char *base = data.buf, *p = base + (start < 0 ? 0 : start), *stop = base + end;
+    const char *base = data.buf, *p = base + start, *stop = base + end;
     while (n > 0 && p < stop) {
         const char *nl = memchr(p, '\n', (size_t)(stop - p));
         if (nl == NULL) break;

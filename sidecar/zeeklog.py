@@ -23,6 +23,7 @@ as 0/empty when the header lacks them, with one warning in the ProblemReport.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -249,14 +250,6 @@ def _text_fields(
     return fields
 
 
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _arrow_text(count: int, offsets: bytearray, data: bytearray) -> pa.StringArray:
     """Scanned text in Arrow's string layout as an Arrow array (the scanner checked UTF-8)."""
     # from_buffers, not pa.array(...): the latter imports pandas to look for its types.
@@ -402,7 +395,7 @@ class _TsvDecoder:
                 reason = f"{plan.names[name]} is not valid UTF-8"
                 if kind == _tsvscan.NUMBER:
                     field_text = line_text(first).split(header.separator.encode())[index]
-                    if _is_utf8(field_text):
+                    with contextlib.suppress(UnicodeDecodeError):
                         reason = f"{plan.names[name]} is not a number: {field_text.decode()!r}"
                 findings.append(
                     Finding("bad_value", int(lines[first]), reason, line_text(first), fresh.size)
