@@ -147,6 +147,11 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (trapezoids, so a tie group counts half)."""
     fpr, tpr, _ = roc_curve(labels, scores)
+    return roc_area(fpr, tpr)
+
+
+def roc_area(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """The area under ROC points from :func:`roc_curve` (for callers that have them)."""
     return float(np.trapezoid(tpr, fpr))
 
 
@@ -170,6 +175,11 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     trapezoids on a PR curve do.
     """
     precision, recall, _ = pr_curve(labels, scores)
+    return precision_area(precision, recall)
+
+
+def precision_area(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Average precision of points from :func:`pr_curve` (for callers that have them)."""
     return float(np.sum(np.diff(recall) * precision[1:]))
 
 
@@ -181,6 +191,22 @@ def safe(metric, *args) -> float:
         return float("nan")
 
 
+def _count_by_group(
+    groups: Sequence[str] | np.ndarray, labels: np.ndarray, flagged: np.ndarray, cls: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The groups holding windows of class ``cls``; their windows and flagged ones, each."""
+    labels = _check(labels, flagged)
+    groups = np.asarray(groups, dtype=object)
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups shape {groups.shape} != labels shape {labels.shape}")
+    chosen = labels == cls
+    flagged = np.asarray(flagged, dtype=bool)
+    names, inverse = np.unique(groups[chosen].astype(str), return_inverse=True)
+    windows = np.bincount(inverse, minlength=len(names))
+    hits = np.bincount(inverse, weights=flagged[chosen], minlength=len(names)).astype(int)
+    return names, windows, hits
+
+
 def recall_by_group(
     groups: Sequence[str] | np.ndarray, labels: np.ndarray, flagged: np.ndarray
 ) -> dict[str, dict[str, float | int]]:
@@ -189,15 +215,7 @@ def recall_by_group(
     Returns ``{group: {"positives", "detected", "recall"}}`` sorted by positives, largest
     first; groups without positive windows are left out.
     """
-    labels = _check(labels, flagged)
-    groups = np.asarray(groups, dtype=object)
-    if groups.shape != labels.shape:
-        raise ValueError(f"groups shape {groups.shape} != labels shape {labels.shape}")
-    pos = labels == POSITIVE
-    flagged = np.asarray(flagged, dtype=bool)
-    names, inverse = np.unique(groups[pos].astype(str), return_inverse=True)
-    positives = np.bincount(inverse, minlength=len(names))
-    detected = np.bincount(inverse, weights=flagged[pos], minlength=len(names)).astype(int)
+    names, positives, detected = _count_by_group(groups, labels, flagged, POSITIVE)
     rows = {
         str(name): {
             "positives": int(p),
@@ -216,13 +234,7 @@ def flagged_by_group(
 
     Lets a report say *which* benign hosts raise alarms, not only how many.
     """
-    labels = _check(labels, flagged)
-    groups = np.asarray(groups, dtype=object)
-    neg = labels == NEGATIVE
-    flagged = np.asarray(flagged, dtype=bool)
-    names, inverse = np.unique(groups[neg].astype(str), return_inverse=True)
-    negatives = np.bincount(inverse, minlength=len(names))
-    alarms = np.bincount(inverse, weights=flagged[neg], minlength=len(names)).astype(int)
+    names, negatives, alarms = _count_by_group(groups, labels, flagged, NEGATIVE)
     rows = {
         str(name): {"negatives": int(n), "flagged": int(a)}
         for name, n, a in zip(names, negatives, alarms, strict=True)

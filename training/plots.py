@@ -129,7 +129,7 @@ def roc(path: str | Path, curves: Sequence[Curve], labels: np.ndarray, title: st
             fpr, tpr, _ = metrics.roc_curve(labels, curve.scores)
         except ValueError:
             continue
-        auc = float(np.trapezoid(tpr, fpr))
+        auc = metrics.roc_area(fpr, tpr)
         ax.plot(fpr, tpr, color=color, lw=1.4, label=f"{curve.name} (AUC {auc:.3f})")
         point = metrics.confusion(labels, curve.scores > curve.threshold)
         ax.plot(point.fpr, point.tpr, "o", color=color, ms=5)
@@ -156,7 +156,7 @@ def precision_recall(
             precision, recall, _ = metrics.pr_curve(labels, curve.scores)
         except ValueError:
             continue
-        ap = float(np.sum(np.diff(recall) * precision[1:]))
+        ap = metrics.precision_area(precision, recall)
         ax.step(
             recall,
             precision,
