@@ -363,21 +363,7 @@ def naive_features(rows, interval, cap, delays=DEFAULT_DELAYS):
     return result
 
 
-STATES = [
-    "S0",
-    "S1",
-    "SF",
-    "REJ",
-    "S2",
-    "S3",
-    "RSTO",
-    "RSTR",
-    "RSTOS0",
-    "RSTRH",
-    "SH",
-    "SHR",
-    "OTH",
-]
+STATES = list(CONN_STATES[1:])  # every state Zeek writes (code 0 is "unknown")
 row_strategy = st.fixed_dictionaries(
     {
         "ts": st.floats(0, 2000, allow_nan=False).map(lambda x: round(x, 3)),

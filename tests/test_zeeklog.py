@@ -216,7 +216,9 @@ def test_ipv6_written_differently_maps_to_one_canonical_address() -> None:
     assert len(set(other.addresses)) == len(other.addresses)
 
 
-def test_addresses_are_canonicalized_once_per_distinct_value(monkeypatch) -> None:
+@pytest.fixture
+def canonicalized(monkeypatch) -> collections.Counter:
+    """How often each address text goes through canonical_address in the readers."""
     calls = collections.Counter()
     real = arrowcols.canonical_address
 
@@ -225,6 +227,11 @@ def test_addresses_are_canonicalized_once_per_distinct_value(monkeypatch) -> Non
         return real(text)
 
     monkeypatch.setattr(arrowcols, "canonical_address", counting)
+    return calls
+
+
+def test_addresses_are_canonicalized_once_per_distinct_value(canonicalized) -> None:
+    calls = canonicalized
     row = "1.5\tC1\tFD88:0:0:0:0:0:0:1\t1\t2001:DB8::0:1\t80\ttcp\t-\t1\t0\t0\tSF\t1\t40\t1\t40\n"
     header = (
         TSV_HEADER + "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\t"
@@ -683,17 +690,12 @@ def test_address_fast_path_agrees_with_canonical_address() -> None:
     assert codes.orig_state.tolist() == [0, 0, 0, 2, 2, 2, 0, 0, 0, 1, 2]
 
 
-def test_address_book_codes_chunks_against_texts_seen_once_and_stays_bounded(monkeypatch) -> None:
+def test_address_book_codes_chunks_against_texts_seen_once_and_stays_bounded(
+    canonicalized,
+) -> None:
     import pyarrow as pa
 
-    calls = collections.Counter()
-    real = arrowcols.canonical_address
-
-    def counting(text: str) -> str:
-        calls[text] += 1
-        return real(text)
-
-    monkeypatch.setattr(arrowcols, "canonical_address", counting)
+    calls = canonicalized
     book = arrowcols.AddressBook(limit=5)
     unset = frozenset({"-"})
 
